@@ -1,0 +1,441 @@
+"""Per-account feature engine: one pure ``update(state, event)`` used offline and online.
+
+Every feature the models see is computed here, and only here: training replays history
+through :func:`update` in event-time order, and the stream worker calls the same function
+per event. State per account is a fixed set of floats plus small bounded lists (recent
+devices, IPs, countries, payout addresses, a top-k counterparty sketch), so its memory does
+not grow with the account's event count; it serialises to about 0.5 KB of bytes.
+
+Time-decayed aggregates are exponentially decayed counts and sums with time constants of
+5 minutes, 1 hour and 24 hours: ``c <- c * exp(-dt / tau) + x``, an event-time analogue
+of a sliding-window count that needs one number per horizon.
+
+Out-of-order events: an event older than the account's latest event time is applied at
+the account's latest time (``dt = 0``) and flagged with ``late = 1``. The result depends
+only on the order events are applied in, so it is deterministic for a given sequence.
+
+>>> from stream.schema import Event
+>>> s, f = update(None, Event("e1", 1767571200000, "a", "deposit", "BTC", 1.0, 50000.0))
+>>> s2, f2 = update(s, Event("e2", 1767571260000, "a", "withdrawal", "BTC", 1.0,
+...                          50000.0, counterparty="addr-x"))
+>>> round(f2[FEATURE_INDEX["out_balance_ratio"]], 3), f2[FEATURE_INDEX["new_counterparty"]]
+(1.0, 1.0)
+>>> AccountState.from_bytes(s2.to_bytes()) == s2
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import zlib
+from array import array
+from typing import Iterable
+
+import numpy as np
+
+from stream.errors import TxwatchError
+from stream.schema import SCHEMA_VERSION, Event
+
+REPORTING_THRESHOLD_USD = 10_000.0
+NEAR_THRESHOLD_FRACTION = 0.85
+TAU_5M, TAU_1H, TAU_24H = 300.0, 3600.0, 86400.0
+# Gap features (log1p of seconds) when there was no earlier event of that kind: ~3 years.
+GAP_NONE = math.log1p(1e8)
+MAX_DEVICES, MAX_IPS, MAX_COUNTRIES, MAX_ADDRESSES, MAX_COUNTERPARTIES = 8, 8, 4, 16, 4
+CP_DECAY = 0.9  # per counterparty-bearing event: the sketch remembers ~10 recent events
+EWMA_ALPHA = 0.1
+ROUND_TRIP_WINDOW_S = 3600.0
+ROUND_TRIP_AMOUNT_TOLERANCE = 0.05
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "is_deposit", "is_withdrawal", "is_trade", "is_transfer", "is_login",
+    "log_usd", "usd_z", "log_usd_vs_typical",
+    "hour_sin", "hour_cos", "is_weekend",
+    "cnt_5m", "cnt_1h", "cnt_24h",
+    "log_usd_5m", "log_usd_1h", "log_usd_24h",
+    "wd_cnt_5m", "wd_cnt_1h", "wd_cnt_24h",
+    "log_wd_usd_1h", "log_wd_usd_24h",
+    "trade_cnt_5m", "trade_cnt_1h",
+    "log_gap_prev", "log_gap_same_type", "log_gap_deposit", "log_gap_login",
+    "log_account_age", "log_n_events",
+    "new_device", "new_ip", "new_country", "new_counterparty",
+    "log_gap_novelty", "novelty_1h", "n_devices", "n_countries",
+    "out_balance_ratio", "wd_vs_last_deposit",
+    "near_threshold", "near_threshold_24h",
+    "cp_top_share", "cp_is_top",
+    "price_vs_mark", "round_trip", "round_trip_1h",
+    "late",
+)
+FEATURE_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+N_FEATURES = len(FEATURE_NAMES)
+# Changes whenever the feature list (or the engine's semantics version) changes; a model
+# artifact records it and loading refuses a model built for another feature schema.
+ENGINE_VERSION = 1
+FEATURE_SCHEMA_HASH = hashlib.sha256(
+    f"schema={SCHEMA_VERSION};engine={ENGINE_VERSION};".encode() + ",".join(FEATURE_NAMES).encode()
+).hexdigest()
+
+_TYPE_CODE = {"deposit": 0, "withdrawal": 1, "trade": 2, "transfer": 3, "login": 4}
+_ONE_HOT = tuple(tuple(1.0 if j == i else 0.0 for j in range(5)) for i in range(5))
+_TWO_PI_PER_MS_DAY = 2.0 * math.pi / 86_400_000.0
+_exp = math.exp
+_log1p = math.log1p
+_log = math.log
+
+
+_HASHES: dict[str, int] = {}
+_HASH_CACHE_MAX = 1 << 20
+
+
+def _h(text: str) -> int:
+    """A stable 32-bit hash (Python's ``hash`` is salted per process), memoised."""
+    v = _HASHES.get(text)
+    if v is None:
+        if len(_HASHES) >= _HASH_CACHE_MAX:
+            _HASHES.clear()
+        v = _HASHES[text] = zlib.crc32(text.encode())
+    return v
+
+
+class StateFormatError(TxwatchError):
+    """Bytes that are not a serialised account state of this engine version."""
+
+
+_SCALARS = (
+    "last_ts", "first_ts", "n",
+    "t_dep", "t_wd", "t_trade", "t_xfer", "t_login",
+    "c5", "c1", "c24", "u5", "u1", "u24", "w5", "w1", "w24", "wu1", "wu24", "tr5", "tr1",
+    "near24", "rt1", "nov1",
+    "mu", "var", "balance", "last_dep_usd", "t_novel",
+    "last_side", "last_amount", "last_trade_ts", "last_asset",
+    "cp_total",
+)
+_LISTS = ("devices", "ips", "countries", "addresses", "cp_keys")
+_STATE_MAGIC = 0x54580000 | ENGINE_VERSION  # "TX" + engine version
+_HEADER = struct.Struct(f"<I{len(_SCALARS)}d{len(_LISTS)}B")
+
+
+class AccountState:
+    """Bounded per-account state. Times are epoch ms; ``-1`` means never."""
+
+    last_ts: float       # latest applied event time
+    first_ts: float      # first event time (account age)
+    n: float             # events applied
+    t_dep: float         # time of the last event of each type
+    t_wd: float
+    t_trade: float
+    t_xfer: float
+    t_login: float
+    c5: float            # decayed event counts, 5 min / 1 h / 24 h
+    c1: float
+    c24: float
+    u5: float            # decayed USD sums
+    u1: float
+    u24: float
+    w5: float            # decayed withdrawal counts
+    w1: float
+    w24: float
+    wu1: float           # decayed withdrawal USD sums
+    wu24: float
+    tr5: float           # decayed trade counts
+    tr1: float
+    near24: float        # decayed count of just-under-threshold withdrawals (24 h)
+    rt1: float           # decayed count of round-trip trades (1 h)
+    nov1: float          # decayed count of events with a new device/IP/country (1 h)
+    mu: float            # EWMA of log1p(usd) and its variance
+    var: float
+    balance: float       # estimated USD balance: deposits minus outflows, floored at 0
+    last_dep_usd: float
+    t_novel: float       # time of the last event with a new device/IP/country
+    last_side: float     # last trade: +1 buy / -1 sell, amount, time, asset hash
+    last_amount: float
+    last_trade_ts: float
+    last_asset: float
+    cp_total: float      # decayed total weight of the counterparty sketch
+    devices: list[int]   # recency lists of hashes, most recent first, bounded
+    ips: list[int]
+    countries: list[int]
+    addresses: list[int]
+    cp_keys: list[int]   # counterparty sketch keys and decayed weights
+    cp_weights: list[float]
+
+    def __init__(self) -> None:
+        self.last_ts = self.first_ts = -1.0
+        self.n = 0.0
+        self.t_dep = self.t_wd = self.t_trade = self.t_xfer = self.t_login = -1.0
+        self.c5 = self.c1 = self.c24 = self.u5 = self.u1 = self.u24 = 0.0
+        self.w5 = self.w1 = self.w24 = self.wu1 = self.wu24 = self.tr5 = self.tr1 = 0.0
+        self.near24 = self.rt1 = self.nov1 = 0.0
+        self.mu = self.var = self.balance = self.last_dep_usd = 0.0
+        self.t_novel = self.last_trade_ts = -1.0
+        self.last_side = self.last_amount = self.last_asset = self.cp_total = 0.0
+        self.devices = []
+        self.ips = []
+        self.countries = []
+        self.addresses = []
+        self.cp_keys = []
+        self.cp_weights = []
+
+    def to_bytes(self) -> bytes:
+        """Serialise to compact bytes (exact: floats are stored as float64)."""
+        lists = [getattr(self, name) for name in _LISTS]
+        head = _HEADER.pack(
+            _STATE_MAGIC, *(getattr(self, n) for n in _SCALARS), *(len(x) for x in lists)
+        )
+        ints = [v for lst in lists for v in lst]
+        return (head + struct.pack(f"<{len(ints)}I", *ints)
+                + struct.pack(f"<{len(self.cp_weights)}d", *self.cp_weights))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "AccountState":
+        """Inverse of :meth:`to_bytes`; raise ``StateFormatError`` on foreign bytes."""
+        if len(data) < _HEADER.size:
+            raise StateFormatError(f"account state of {len(data)} bytes is too short")
+        head = _HEADER.unpack_from(data)
+        if head[0] != _STATE_MAGIC:
+            raise StateFormatError("account state written by another feature engine version")
+        st = cls()
+        for name, value in zip(_SCALARS, head[1:1 + len(_SCALARS)]):
+            setattr(st, name, value)
+        lengths = head[1 + len(_SCALARS):]
+        n_ints = sum(lengths)
+        n_cp = lengths[-1]
+        if len(data) != _HEADER.size + 4 * n_ints + 8 * n_cp:
+            raise StateFormatError("account state has the wrong length")
+        ints = struct.unpack_from(f"<{n_ints}I", data, _HEADER.size)
+        pos = 0
+        for name, k in zip(_LISTS, lengths):
+            setattr(st, name, list(ints[pos:pos + k]))
+            pos += k
+        st.cp_weights = list(struct.unpack_from(f"<{n_cp}d", data, _HEADER.size + 4 * n_ints))
+        return st
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AccountState) and all(
+            getattr(self, n) == getattr(other, n) for n in _SCALARS + _LISTS + ("cp_weights",)
+        )
+
+    def __repr__(self) -> str:
+        return f"AccountState(n={self.n:.0f}, last_ts={self.last_ts:.0f})"
+
+
+def _seen(lst: list[int], text: str, cap: int) -> float:
+    """Move ``text``'s hash to the front of the recency list; return 1.0 if it was new."""
+    key = _HASHES.get(text)
+    if key is None:
+        key = _h(text)
+    if lst and lst[0] == key:
+        return 0.0
+    if key in lst:
+        lst.remove(key)
+        lst.insert(0, key)
+        return 0.0
+    lst.insert(0, key)
+    if len(lst) > cap:
+        lst.pop()
+    return 1.0
+
+
+def update(state: AccountState | None, ev: Event) -> tuple[AccountState, list[float]]:
+    """Apply one event to an account's state; return the state and the event's features.
+
+    The state is updated in place (and returned; a new one is made for ``None``). The
+    features describe the event in the context of everything the account did before it,
+    aggregates including the event itself.
+    """
+    s = AccountState() if state is None else state
+    ts = float(ev.ts)
+    etype = _TYPE_CODE[ev.type]
+    usd = ev.usd_value
+    first = s.n == 0.0
+
+    # Event time, clamped for late events.
+    late = 0.0
+    if first:
+        s.first_ts = ts
+        dt = 0.0
+    elif ts < s.last_ts:
+        late = 1.0
+        ts = s.last_ts
+        dt = 0.0
+    else:
+        dt = (ts - s.last_ts) * 0.001
+    t = s.last_ts
+    gap_prev = _log1p((ts - t) * 0.001) if t >= 0.0 else GAP_NONE
+    t = (s.t_dep, s.t_wd, s.t_trade, s.t_xfer, s.t_login)[etype]
+    gap_same = _log1p((ts - t) * 0.001) if t >= 0.0 else GAP_NONE
+    t = s.t_dep
+    gap_dep = _log1p((ts - t) * 0.001) if t >= 0.0 else GAP_NONE
+    t = s.t_login
+    gap_login = _log1p((ts - t) * 0.001) if t >= 0.0 else GAP_NONE
+
+    # Decay every aggregate to the event's time, then add the event.
+    if dt > 0.0:
+        d5 = _exp(-dt / TAU_5M)
+        d1 = _exp(-dt / TAU_1H)
+        d24 = _exp(-dt / TAU_24H)
+        s.c5 *= d5; s.c1 *= d1; s.c24 *= d24
+        s.u5 *= d5; s.u1 *= d1; s.u24 *= d24
+        s.w5 *= d5; s.w1 *= d1; s.w24 *= d24
+        s.wu1 *= d1; s.wu24 *= d24
+        s.tr5 *= d5; s.tr1 *= d1
+        s.near24 *= d24; s.rt1 *= d1; s.nov1 *= d1
+    s.c5 += 1.0; s.c1 += 1.0; s.c24 += 1.0
+    s.u5 += usd; s.u1 += usd; s.u24 += usd
+    is_out = etype == 1 or etype == 3
+    if etype == 1:
+        s.w5 += 1.0; s.w1 += 1.0; s.w24 += 1.0
+        s.wu1 += usd; s.wu24 += usd
+    elif etype == 2:
+        s.tr5 += 1.0; s.tr1 += 1.0
+
+    # Size relative to the account's typical size (EWMA of log usd, logins excluded).
+    log_usd = _log1p(usd)
+    if etype == 4 or first or s.var == 0.0:
+        usd_z = vs_typical = 0.0
+    else:
+        vs_typical = log_usd - s.mu
+        usd_z = vs_typical / math.sqrt(s.var + 0.01)
+    if etype != 4:
+        if s.var == 0.0:
+            s.mu, s.var = log_usd, 1.0
+        else:
+            diff = log_usd - s.mu
+            s.mu += EWMA_ALPHA * diff
+            s.var = (1.0 - EWMA_ALPHA) * (s.var + EWMA_ALPHA * diff * diff)
+
+    # Novelty of session context and payout address.
+    new_dev = _seen(s.devices, ev.device_id, MAX_DEVICES) if ev.device_id else 0.0
+    new_ip = _seen(s.ips, ev.ip, MAX_IPS) if ev.ip else 0.0
+    new_cty = _seen(s.countries, ev.country, MAX_COUNTRIES) if ev.country else 0.0
+    if first:
+        new_dev = new_ip = new_cty = 0.0  # everything is new on an account's first event
+    if new_dev or new_ip or new_cty:
+        s.t_novel = ts
+        s.nov1 += 1.0
+    t = s.t_novel
+    gap_novel = _log1p((ts - t) * 0.001) if t >= 0.0 else GAP_NONE
+    cp = ev.counterparty
+    new_cp = 0.0
+    if is_out and cp:
+        new_cp = _seen(s.addresses, cp, MAX_ADDRESSES)
+
+    # Flows: balance estimate, payout share, deposit -> withdrawal turnaround.
+    out_ratio = wd_vs_dep = near = 0.0
+    if etype == 0:
+        s.balance += usd
+        s.last_dep_usd = usd
+    elif is_out:
+        out_ratio = min(usd / max(s.balance, 1.0), 100.0)
+        s.balance = max(s.balance - usd, 0.0)
+        if etype == 1:
+            wd_vs_dep = min(usd / max(s.last_dep_usd, 1.0), 100.0)
+            if NEAR_THRESHOLD_FRACTION * REPORTING_THRESHOLD_USD <= usd < REPORTING_THRESHOLD_USD:
+                near = 1.0
+                s.near24 += 1.0
+
+    # Counterparty concentration: decayed space-saving top-k sketch.
+    cp_share = cp_top = 0.0
+    if cp and (etype == 2 or etype == 3):
+        key = _h(cp)
+        keys, weights = s.cp_keys, s.cp_weights
+        for i in range(len(weights)):
+            weights[i] *= CP_DECAY
+        s.cp_total = s.cp_total * CP_DECAY + 1.0
+        if key in keys:
+            weights[keys.index(key)] += 1.0
+        elif len(keys) < MAX_COUNTERPARTIES:
+            keys.append(key)
+            weights.append(1.0)
+        else:
+            i = weights.index(min(weights))
+            keys[i] = key
+            weights[i] += 1.0
+        top = max(weights)
+        cp_share = top / s.cp_total
+        cp_top = 1.0 if weights[keys.index(key)] == top else 0.0
+
+    # Trade pattern: execution price against the mark, and round trips.
+    price_dev = round_trip = 0.0
+    if etype == 2:
+        price, amount = ev.price, ev.amount
+        if price and amount and usd > 0.0:
+            price_dev = min(abs(_log(price * amount / usd)), 5.0)
+        side = 1.0 if ev.side == "buy" else -1.0
+        asset = float(_h(ev.asset))
+        if (s.last_trade_ts >= 0.0 and side == -s.last_side and asset == s.last_asset
+                and (ts - s.last_trade_ts) * 0.001 <= ROUND_TRIP_WINDOW_S
+                and abs(amount - s.last_amount)
+                <= ROUND_TRIP_AMOUNT_TOLERANCE * max(amount, s.last_amount)):
+            round_trip = 1.0
+            s.rt1 += 1.0
+        s.last_side, s.last_amount, s.last_trade_ts, s.last_asset = side, amount, ts, asset
+
+    # Bookkeeping.
+    if etype == 0:
+        s.t_dep = ts
+    elif etype == 1:
+        s.t_wd = ts
+    elif etype == 2:
+        s.t_trade = ts
+    elif etype == 3:
+        s.t_xfer = ts
+    else:
+        s.t_login = ts
+    s.n += 1.0
+    s.last_ts = ts
+    angle = (ts % 86_400_000.0) * _TWO_PI_PER_MS_DAY
+    weekday = (int(ts // 86_400_000.0) + 3) % 7  # 1970-01-01 was a Thursday
+
+    onehot = _ONE_HOT[etype]
+    return s, [
+        onehot[0], onehot[1], onehot[2], onehot[3], onehot[4],
+        log_usd, usd_z, vs_typical,
+        math.sin(angle), math.cos(angle), 1.0 if weekday >= 5 else 0.0,
+        s.c5, s.c1, s.c24,
+        _log1p(s.u5), _log1p(s.u1), _log1p(s.u24),
+        s.w5, s.w1, s.w24,
+        _log1p(s.wu1), _log1p(s.wu24),
+        s.tr5, s.tr1,
+        gap_prev, gap_same, gap_dep, gap_login,
+        _log1p((ts - s.first_ts) * 0.001), _log1p(s.n),
+        new_dev, new_ip, new_cty, new_cp,
+        gap_novel, s.nov1, float(len(s.devices)), float(len(s.countries)),
+        out_ratio, wd_vs_dep,
+        near, s.near24,
+        cp_share, cp_top,
+        price_dev, round_trip, s.rt1,
+        late,
+    ]
+
+
+class FeatureEngine:
+    """Holds the states of many accounts and replays event sequences through :func:`update`."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, AccountState] = {}
+
+    def process(self, ev: Event) -> list[float]:
+        """Apply one event and return its feature row."""
+        states = self.states
+        st, row = update(states.get(ev.account_id), ev)
+        states[ev.account_id] = st
+        return row
+
+    def replay(self, events: Iterable[Event]) -> np.ndarray:
+        """Apply events in the given order; return their features, one float64 row each.
+
+        Rows go straight into a flat buffer: keeping a Python list per row alive makes
+        the garbage collector, not the features, dominate long replays.
+        """
+        states = self.states
+        buf = array("d")
+        extend = buf.extend
+        for ev in events:
+            acct = ev.account_id
+            st, row = update(states.get(acct), ev)
+            states[acct] = st
+            extend(row)
+        return np.frombuffer(buf, dtype=np.float64).reshape(-1, N_FEATURES)

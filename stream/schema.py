@@ -1,0 +1,188 @@
+"""The exchange event contract (schema version 1): parse and validate one event.
+
+Parsing is on the hot path of the stream worker, so it is written as straight-line
+code over an ``orjson``-decoded dict rather than through a validation framework.
+
+>>> e = parse_event(b'{"event_id":"e1","ts":1767571200000,"account_id":"a1",'
+...                 b'"type":"deposit","asset":"BTC","amount":0.5,"usd_value":45000}')
+>>> (e.type, e.ts, e.usd_value)
+('deposit', 1767571200000, 45000.0)
+>>> parse_event(b'{"event_id":"e1"}')
+Traceback (most recent call last):
+...
+stream.errors.InvalidEvent: ts: missing required field
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from stream.errors import InvalidEvent
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("deposit", "withdrawal", "trade", "transfer", "login")
+TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
+SIDES = ("buy", "sell")
+MAX_EVENT_BYTES = 64 * 1024
+MAX_STRING = 256
+# Event times outside [2000-01-01, 2100-01-01) are rejected as implausible.
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
+
+
+class Event:
+    """A validated exchange event. ``ts`` is epoch milliseconds (int)."""
+
+    __slots__ = (
+        "event_id", "ts", "account_id", "type", "asset", "amount", "usd_value",
+        "side", "price", "counterparty", "ip", "device_id", "country", "label", "scenario",
+    )
+
+    def __init__(
+        self, event_id: str, ts: int, account_id: str, type: str, asset: str,
+        amount: float, usd_value: float, side: str | None = None,
+        price: float | None = None, counterparty: str | None = None,
+        ip: str | None = None, device_id: str | None = None,
+        country: str | None = None, label: int | None = None,
+        scenario: str | None = None,
+    ) -> None:
+        self.event_id = event_id
+        self.ts = ts
+        self.account_id = account_id
+        self.type = type
+        self.asset = asset
+        self.amount = amount
+        self.usd_value = usd_value
+        self.side = side
+        self.price = price
+        self.counterparty = counterparty
+        self.ip = ip
+        self.device_id = device_id
+        self.country = country
+        self.label = label
+        self.scenario = scenario
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a JSON-ready dict, without the fields that are unset."""
+        return {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}
+
+    def __repr__(self) -> str:
+        return f"Event({self.to_dict()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self.to_dict() == other.to_dict()
+
+
+def _string(d: dict, key: str, required: bool) -> str | None:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise InvalidEvent("missing required field", key)
+        return None
+    if type(v) is not str:
+        raise InvalidEvent(f"expected string, got {type(v).__name__}", key)
+    if not v:
+        if required:
+            raise InvalidEvent("empty string", key)
+        return None
+    if len(v) > MAX_STRING:
+        raise InvalidEvent(f"longer than {MAX_STRING} characters", key)
+    return v
+
+
+def _number(d: dict, key: str, required: bool) -> float | None:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise InvalidEvent("missing required field", key)
+        return None
+    tv = type(v)
+    if tv is not float and tv is not int:  # bool is a subclass of int: excluded here
+        raise InvalidEvent(f"expected number, got {tv.__name__}", key)
+    f = float(v)
+    if not math.isfinite(f):
+        raise InvalidEvent("not a finite number", key)
+    if f < 0.0:
+        raise InvalidEvent(f"negative value {f!r}", key)
+    return f
+
+
+def _timestamp(v: Any) -> int:
+    if v is None:
+        raise InvalidEvent("missing required field", "ts")
+    tv = type(v)
+    if tv is int:
+        ts = v
+    elif tv is float:
+        if not math.isfinite(v):
+            raise InvalidEvent("not a finite number", "ts")
+        ts = int(v)
+    elif tv is str:
+        if len(v) > 64:
+            raise InvalidEvent("not an ISO-8601 time", "ts")
+        try:
+            dt = datetime.fromisoformat(v)
+        except ValueError:
+            raise InvalidEvent(f"not an ISO-8601 time: {v[:40]!r}", "ts") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        ts = int(round(dt.timestamp() * 1000))
+    else:
+        raise InvalidEvent(f"expected epoch ms or ISO-8601 string, got {tv.__name__}", "ts")
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        raise InvalidEvent(f"epoch ms {ts} outside years 2000-2099", "ts")
+    return ts
+
+
+def event_from_dict(d: Any) -> Event:
+    """Validate a decoded JSON value into an :class:`Event`; raise ``InvalidEvent``."""
+    if type(d) is not dict:
+        raise InvalidEvent(f"expected a JSON object, got {type(d).__name__}")
+    event_id = _string(d, "event_id", True)
+    ts = _timestamp(d.get("ts"))
+    account_id = _string(d, "account_id", True)
+    etype = d.get("type")
+    if etype not in TYPE_INDEX:
+        if etype is None:
+            raise InvalidEvent("missing required field", "type")
+        raise InvalidEvent(f"unknown event type {str(etype)[:40]!r}", "type")
+    asset = _string(d, "asset", True)
+    amount = _number(d, "amount", True)
+    usd_value = _number(d, "usd_value", True)
+    side = price = None
+    if etype == "trade":
+        side = d.get("side")
+        if side not in ("buy", "sell"):
+            raise InvalidEvent("trade needs side 'buy' or 'sell'", "side")
+        price = _number(d, "price", True)
+    label = d.get("label")
+    if label is not None and label not in (0, 1):
+        raise InvalidEvent("label must be 0 or 1", "label")
+    if label is not None:
+        label = int(label)
+    return Event(
+        event_id, ts, account_id, etype, asset, amount, usd_value, side, price,
+        _string(d, "counterparty", False), _string(d, "ip", False),
+        _string(d, "device_id", False), _string(d, "country", False),
+        label, _string(d, "scenario", False),
+    )
+
+
+def parse_event(raw: bytes | bytearray | memoryview | str) -> Event:
+    """Parse one JSON-encoded event; raise ``InvalidEvent`` with a precise reason."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"payload of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    return event_from_dict(d)
+
+
+def dump_event(event: Event) -> bytes:
+    """Encode an event as compact JSON bytes (the inverse of :func:`parse_event`)."""
+    return orjson.dumps(event.to_dict())

@@ -1,0 +1,1 @@
+"""txwatch offline side: simulator, dataset building, teacher, distillation, evaluation."""
