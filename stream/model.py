@@ -1,0 +1,329 @@
+"""The student model at serving time: load a verified artifact, score, explain.
+
+Two student families share one interface (``raw``, ``score``, ``score_one``,
+``reasons``; higher = more anomalous):
+
+* ``trees``: a small gradient-boosted ensemble stored as plain arrays (JSON). Batches
+  are scored by a vectorised numpy traversal of all trees at once; a single event by
+  Python code generated from the same arrays at load time (no per-call numpy overhead).
+  Decisions follow LightGBM's numerical-split rules exactly (``x <= threshold``; missing
+  values by the node's missing type and default direction), so scores equal LightGBM's.
+* ``linear``: standardised features, one weight vector.
+
+Raw scores are mapped to probabilities by Platt scaling fitted on validation data.
+Reason codes are per-feature contributions to the raw score: path attributions for trees
+(each split on the event's path credits its feature with the change in expected value),
+``w * (x - mean) / scale`` for the linear model.
+
+This module needs numpy only: no LightGBM, no training code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import orjson
+
+from stream.artifact import read_artifact
+from stream.errors import ArtifactError
+from stream.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+
+STUDENT_FILE = "student.json"
+MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
+_ZERO = 1e-35  # LightGBM's kZeroThreshold
+
+
+class TreeEnsemble:
+    """All trees flattened into node arrays; leaves point to themselves."""
+
+    def __init__(self, trees: list[dict[str, list]], n_features: int) -> None:
+        feat, thr, left, right, value, dleft, miss = [], [], [], [], [], [], []
+        roots, depths = [], []
+        self.trees = trees
+        for t, tree in enumerate(trees):
+            try:
+                offset = len(feat)
+                n_leaves = len(tree["leaf_value"])
+                n_inner = n_leaves - 1
+                leaf_values = [float(v) for v in tree["leaf_value"]]
+                leaf_counts = [float(c) for c in tree.get("leaf_count", [1.0] * n_leaves)]
+                if n_inner == 0:
+                    roots.append(offset)
+                    depths.append(0)
+                    feat.append(0); thr.append(0.0); left.append(offset); right.append(offset)
+                    value.append(leaf_values[0]); dleft.append(True); miss.append(MISSING_NONE)
+                    continue
+                sf, th, dt = tree["split_feature"], tree["threshold"], tree["decision_type"]
+                lc, rc = tree["left_child"], tree["right_child"]
+                if not (len(sf) == len(th) == len(dt) == len(lc) == len(rc) == n_inner):
+                    raise ArtifactError(f"tree {t}: inconsistent array lengths")
+
+                def node_id(child: int) -> int:
+                    return offset + (child if child >= 0 else n_inner + ~child)
+
+                # Expected value of each inner node: leaf values weighted by training counts.
+                inner_sum = [0.0] * n_inner
+                inner_cnt = [0.0] * n_inner
+                depth = [0] * n_inner
+                order = [0]
+                for i in order:  # breadth-first; children are appended as found
+                    for child in (lc[i], rc[i]):
+                        if child >= 0:
+                            depth[child] = depth[i] + 1
+                            order.append(child)
+                if len(order) != n_inner:
+                    raise ArtifactError(f"tree {t}: inner nodes are not one connected tree")
+                leaf_depth = 0
+                for i in reversed(order):
+                    for child in (lc[i], rc[i]):
+                        if child >= 0:
+                            inner_sum[i] += inner_sum[child]
+                            inner_cnt[i] += inner_cnt[child]
+                        else:
+                            leaf = ~child
+                            inner_sum[i] += leaf_values[leaf] * leaf_counts[leaf]
+                            inner_cnt[i] += leaf_counts[leaf]
+                            leaf_depth = max(leaf_depth, depth[i] + 1)
+                for i in range(n_inner):
+                    decision = int(dt[i])
+                    if decision & 1:
+                        raise ArtifactError(f"tree {t}: categorical splits are not supported")
+                    f = int(sf[i])
+                    if not 0 <= f < n_features:
+                        raise ArtifactError(f"tree {t}: split on feature {f} of {n_features}")
+                    feat.append(f)
+                    thr.append(float(th[i]))
+                    left.append(node_id(lc[i]))
+                    right.append(node_id(rc[i]))
+                    value.append(inner_sum[i] / inner_cnt[i] if inner_cnt[i] > 0 else 0.0)
+                    dleft.append(bool(decision & 2))
+                    miss.append((decision >> 2) & 3)
+                for j in range(n_leaves):
+                    nid = offset + n_inner + j
+                    feat.append(0); thr.append(0.0); left.append(nid); right.append(nid)
+                    value.append(leaf_values[j]); dleft.append(True); miss.append(MISSING_NONE)
+                roots.append(offset)
+                depths.append(leaf_depth)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise ArtifactError(f"tree {t}: malformed ({exc!r})") from None
+        self.feature = np.asarray(feat, dtype=np.intp)
+        self.threshold = np.asarray(thr, dtype=np.float64)
+        self.left = np.asarray(left, dtype=np.intp)
+        self.right = np.asarray(right, dtype=np.intp)
+        self.value = np.asarray(value, dtype=np.float64)
+        self.default_left = np.asarray(dleft, dtype=bool)
+        self.missing = np.asarray(miss, dtype=np.int8)
+        self.roots = np.asarray(roots, dtype=np.intp)
+        self.max_depth = max(depths, default=0)
+        self.n_features = n_features
+        self.n_trees = len(trees)
+        self.n_leaves = sum(len(t["leaf_value"]) for t in trees)
+        # Only the plain rule (NaN -> 0, then x <= threshold) is needed unless a node
+        # routes missing values by itself.
+        self._plain = not bool(np.any(self.missing != MISSING_NONE))
+        self.raw_one = self._compile_single()
+
+    def _go_left(self, x: np.ndarray, node: np.ndarray) -> np.ndarray:
+        thr = self.threshold[node]
+        if self._plain:
+            return x <= thr
+        miss = self.missing[node]
+        nan = np.isnan(x)
+        xv = np.where(nan & (miss != MISSING_NAN), 0.0, x)
+        is_missing = ((miss == MISSING_ZERO) & (np.abs(xv) <= _ZERO)) | ((miss == MISSING_NAN) & nan)
+        return np.where(is_missing, self.default_left[node], xv <= thr)
+
+    def _leaves(self, X: np.ndarray, record: np.ndarray | None = None) -> np.ndarray:
+        n = X.shape[0]
+        if self._plain and np.isnan(X).any():
+            X = np.nan_to_num(X, nan=0.0, posinf=np.inf, neginf=-np.inf)
+        flat = X.ravel()
+        base = (np.arange(n, dtype=np.intp) * X.shape[1])[:, None]
+        node = np.broadcast_to(self.roots, (n, self.n_trees)).copy()
+        for _ in range(self.max_depth):
+            x = flat[base + self.feature[node]]
+            nxt = np.where(self._go_left(x, node), self.left[node], self.right[node])
+            if record is not None:
+                rows = np.repeat(np.arange(n), self.n_trees)
+                np.add.at(record, (rows, self.feature[node].ravel()),
+                          (self.value[nxt] - self.value[node]).ravel())
+            node = nxt
+        return node
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """Raw scores (log-odds) of a 2-D float64 batch."""
+        if X.shape[0] == 0:
+            return np.zeros(0)
+        return self.value[self._leaves(X)].sum(axis=1)
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Per-feature path contributions, shape ``(n, n_features)``."""
+        out = np.zeros((X.shape[0], self.n_features))
+        if X.shape[0]:
+            self._leaves(X, record=out)
+        return out
+
+    def _compile_single(self):
+        """Generate straight-line Python for one row (``x`` is any float sequence)."""
+        lines = ["def raw_one(x):"]
+        if self._plain:  # one NaN check per row, then bare comparisons
+            lines += ["    t = sum(x)", "    if t != t:", "        x = [v if v == v else 0.0 for v in x]"]
+        lines.append("    s = 0.0")
+
+        def emit(node: int, indent: str) -> None:
+            if self.left[node] == node:
+                lines.append(f"{indent}s += {float(self.value[node])!r}")
+                return
+            f, t = int(self.feature[node]), float(self.threshold[node])
+            miss, dl = int(self.missing[node]), bool(self.default_left[node])
+            xv = f"x[{f}]"
+            if self._plain:
+                cond = f"{xv} <= {t!r}"
+            elif miss == MISSING_NONE:
+                cond = f"({xv} if {xv} == {xv} else 0.0) <= {t!r}"
+            elif miss == MISSING_NAN:
+                cond = f"not ({xv} > {t!r})" if dl else f"{xv} <= {t!r}"
+            else:
+                zero = f"(({xv} if {xv} == {xv} else 0.0) if abs({xv} if {xv} == {xv} else 0.0) > {_ZERO!r} else None)"
+                cond = (f"({zero} is None) or {zero} <= {t!r}" if dl
+                        else f"({zero} is not None) and {zero} <= {t!r}")
+            lines.append(f"{indent}if {cond}:")
+            emit(int(self.left[node]), indent + "    ")
+            lines.append(f"{indent}else:")
+            emit(int(self.right[node]), indent + "    ")
+
+        for root in self.roots:
+            emit(int(root), "    ")
+        lines.append("    return s")
+        namespace: dict[str, Any] = {}
+        exec(compile("\n".join(lines), "<txwatch-student>", "exec"), namespace)  # noqa: S102
+        return namespace["raw_one"]
+
+
+class LinearModel:
+    """``w . (x - mean) / scale + b``."""
+
+    def __init__(self, coef: Sequence[float], intercept: float, mean: Sequence[float],
+                 scale: Sequence[float]) -> None:
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+        if not (self.coef.shape == self.mean.shape == self.scale.shape) or np.any(self.scale <= 0):
+            raise ArtifactError("linear student: coef/mean/scale shapes or scales are invalid")
+        self.intercept = float(intercept)
+        # Folded for scoring: raw = x . w_eff + b_eff.
+        self._w = self.coef / self.scale
+        self._b = self.intercept - float(self.mean @ self._w)
+        self._w_list = self._w.tolist()
+        self.n_features = len(self.coef)
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """Raw scores (log-odds) of a batch."""
+        return np.nan_to_num(X, nan=0.0) @ self._w + self._b
+
+    def raw_one(self, x: Sequence[float]) -> float:
+        """Raw score of one row."""
+        s = self._b
+        for w, v in zip(self._w_list, x):
+            if v == v:
+                s += w * v
+        return s
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Per-feature contributions ``w * (x - mean) / scale``."""
+        return (np.nan_to_num(X, nan=0.0) - self.mean) * self._w
+
+
+class Student:
+    """A loaded, verified student: ``score(X) -> probabilities``, higher = more anomalous."""
+
+    def __init__(self, manifest: dict[str, Any], payload: dict[str, Any], path: str = "") -> None:
+        self.manifest = manifest
+        self.path = path
+        self.feature_names: tuple[str, ...] = tuple(manifest["feature_names"])
+        self.version: str = manifest["model_version"]
+        self.threshold: float = float(manifest["threshold"]["value"])
+        family = payload.get("family")
+        n = len(self.feature_names)
+        if family == "trees":
+            self.impl: TreeEnsemble | LinearModel = TreeEnsemble(payload["trees"], n)
+        elif family == "linear":
+            self.impl = LinearModel(payload["coef"], payload["intercept"], payload["mean"], payload["scale"])
+            if self.impl.n_features != n:
+                raise ArtifactError("linear student: weights do not match the feature names")
+        else:
+            raise ArtifactError(f"unknown student family {family!r}")
+        self.family: str = family
+        cal = payload.get("calibration") or {"a": 1.0, "b": 0.0}
+        self.cal_a, self.cal_b = float(cal["a"]), float(cal["b"])
+
+    # -- scoring -------------------------------------------------------------
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """Uncalibrated scores (log-odds scale) of a batch."""
+        return self.impl.raw(np.ascontiguousarray(X, dtype=np.float64))
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated anomaly probabilities of a batch."""
+        z = self.cal_a * self.raw(X) + self.cal_b
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def score_one(self, row: Sequence[float]) -> float:
+        """Calibrated anomaly probability of one feature row (no numpy on this path)."""
+        z = self.cal_a * self.impl.raw_one(row) + self.cal_b
+        if z < -700.0:
+            return 0.0
+        return 1.0 / (1.0 + math.exp(-z))
+
+    # -- explanations --------------------------------------------------------
+    def reasons(self, X: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """Top-``k`` features pushing each row's score up, as ``(name, contribution)``."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        contrib = self.impl.contributions(X) * self.cal_a
+        out = []
+        names = self.feature_names
+        for row in contrib:
+            top = np.argsort(-row, kind="stable")[:k]
+            out.append([(names[i], round(float(row[i]), 4)) for i in top if row[i] > 0.0])
+        return out
+
+    # -- size ------------------------------------------------------------------
+    @property
+    def n_trees(self) -> int:
+        """Trees in the ensemble (0 for linear)."""
+        return getattr(self.impl, "n_trees", 0)
+
+    @property
+    def n_leaves(self) -> int:
+        """Leaves in the ensemble (0 for linear)."""
+        return getattr(self.impl, "n_leaves", 0)
+
+    def __repr__(self) -> str:
+        return f"Student({self.family}, version={self.version}, threshold={self.threshold:.4g})"
+
+
+def student_payload_bytes(payload: dict[str, Any]) -> bytes:
+    """Serialise a student payload (floats round-trip exactly)."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def load_student(path: str | os.PathLike, *, feature_schema_hash: str | None = FEATURE_SCHEMA_HASH) -> Student:
+    """Load and verify a student artifact; ``ArtifactError`` with a one-line reason otherwise.
+
+    ``feature_schema_hash=None`` skips the schema check (tabular models).
+    """
+    manifest, files = read_artifact(path, kind="student", feature_schema_hash=feature_schema_hash)
+    if STUDENT_FILE not in files:
+        raise ArtifactError(f"{path}: manifest does not list {STUDENT_FILE}")
+    try:
+        payload = orjson.loads(files[STUDENT_FILE])
+        names = manifest["feature_names"]
+        manifest["threshold"]["value"]
+        manifest["model_version"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: student artifact is incomplete ({exc!r})") from None
+    if feature_schema_hash == FEATURE_SCHEMA_HASH and tuple(names) != FEATURE_NAMES:
+        raise ArtifactError(f"{path}: feature names differ from this txwatch's feature engine")
+    return Student(manifest, payload, str(path))

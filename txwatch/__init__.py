@@ -1,0 +1,1 @@
+"""txwatch command-line entry point."""

@@ -1,0 +1,5 @@
+import sys
+
+from txwatch.cli import main
+
+sys.exit(main())

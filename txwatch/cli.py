@@ -1,0 +1,206 @@
+"""``txwatch`` command line: one entry point, one subcommand per job.
+
+Errors a user can cause (bad files, bad models, bad settings) end with a one-line
+``txwatch: error: ...`` on stderr and exit status 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+import orjson
+
+from stream.errors import TxwatchError
+
+
+def _log(quiet: bool) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+    return log
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+# -- commands -----------------------------------------------------------------
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from training.simulate import simulate, write_events
+
+    log = _log(a.quiet)
+    events = simulate(a.events, a.accounts, a.days, a.seed, progress=not a.quiet)
+    n = write_events(a.out, events, progress=not a.quiet)
+    pos = sum(1 for e in events if e.get("label") == 1)
+    log(f"wrote {n:,} events ({pos:,} labelled anomalous, {pos / max(n, 1):.2%}) to {a.out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from training.dataset import load_dataset
+    from training.teacher import train_teacher
+
+    log = _log(a.quiet)
+    ds = load_dataset(a.events, label=a.label, time=a.time, seed=a.seed, progress=not a.quiet)
+    log(f"data: {len(ds.y):,} rows, {len(ds.feature_names)} features, splits {ds.describe()}")
+    params = {"n_estimators": a.trees, "num_leaves": a.leaves, "learning_rate": a.learning_rate,
+              "early_stopping_rounds": a.early_stopping, "seed": a.seed, "progress": not a.quiet}
+    manifest = train_teacher(ds, a.out, **params)
+    log(f"teacher: {manifest['size']['trees']} trees, {manifest['size']['leaves']:,} leaves, "
+        f"valid AUPRC {manifest['metrics']['valid_auprc']:.4f} -> {a.out}")
+    return 0
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from training.dataset import load_dataset
+    from training.distill import distill
+    from training.teacher import load_teacher
+
+    log = _log(a.quiet)
+    teacher = load_teacher(a.teacher)
+    tm = teacher.manifest
+    label = a.label or tm["training_data"].get("table", {}).get("label")
+    time_col = a.time or tm["training_data"].get("table", {}).get("time")
+    ds = load_dataset(a.events, label=label if tm["feature_mode"] == "table" else a.label,
+                      time=time_col if tm["feature_mode"] == "table" else a.time, seed=a.seed,
+                      feature_names=tuple(tm["feature_names"]) if tm["feature_mode"] == "table" else None,
+                      progress=not a.quiet)
+    if ds.feature_schema_hash != tm["feature_schema_hash"]:
+        raise TxwatchError(f"{a.teacher} was trained for another feature schema than {a.events} provides")
+    distill(ds, teacher, a.out, family=a.family, temperature=a.temperature,
+            augment_factor=a.augment, noise=a.noise, leaf_budget=a.leaf_budget,
+            alert_rate=a.alert_rate, precision=a.precision, seed=a.seed, log=log)
+    log(f"student -> {a.out}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from training.evaluate import dataset_for, evaluate, load_pair, write
+
+    log = _log(a.quiet)
+    student, teacher = load_pair(a.model, a.teacher)
+    ds = dataset_for(student, a.events, label=a.label, time=a.time, progress=not a.quiet)
+    result = evaluate(student, teacher, ds, period=a.period)
+    path = write(result, a.report)
+    out = {k: v for k, v in result.items() if k != "_arrays"}
+    if a.json:
+        _print_json(out)
+    else:
+        s, t = out["student"], out["teacher"]
+        log(f"{out['period']} period: {out['events']:,} events, {out['positives']:,} positives")
+        log(f"AUPRC student {s['auprc']:.4f} / teacher {t['auprc']:.4f}; "
+            f"precision {s['precision']:.3f} recall {s['recall']:.3f} at threshold {out['threshold']:.4f}; "
+            f"spearman {out['agreement']['spearman']:.3f}")
+    log(f"report: {path}")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    if a.target == "models":
+        from training.bench import bench_models
+
+        _print_json(bench_models(a.events, a.model, teacher_dir=a.teacher, calls=a.calls, log=_log(a.quiet)))
+        return 0
+    raise TxwatchError(f"unknown benchmark {a.target!r}")
+
+
+# -- parser -------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="txwatch", description=__doc__.splitlines()[0])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines on stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="write a labelled, simulated exchange history")
+    s.add_argument("--events", type=_positive_int, default=200_000, help="about how many events (default 200000)")
+    s.add_argument("--accounts", type=_positive_int, default=2_000, help="accounts (default 2000)")
+    s.add_argument("--days", type=float, default=30.0, help="days of history (default 30)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same file (default 0)")
+    s.add_argument("--out", required=True, help="output path: .jsonl or .parquet")
+    s.set_defaults(func=cmd_simulate)
+
+    def data_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--events", required=True, help="events (.jsonl/.parquet) or, with --label, a feature table (.csv/.parquet)")
+        sp.add_argument("--label", help="tabular mode: name of the 0/1 label column")
+        sp.add_argument("--time", help="tabular mode: time column for a time-based split (else stratified random)")
+        sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    t = sub.add_parser("train", help="train the LightGBM teacher")
+    data_args(t)
+    t.add_argument("--out", required=True, help="teacher artifact directory")
+    t.add_argument("--trees", type=_positive_int, default=1500, help="maximum trees (default 1500)")
+    t.add_argument("--leaves", type=_positive_int, default=63, help="leaves per tree (default 63)")
+    t.add_argument("--learning-rate", type=float, default=0.03, help="(default 0.03)")
+    t.add_argument("--early-stopping", type=_positive_int, default=200, help="rounds without validation gain (default 200)")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("distill", help="distil the teacher into a compact student")
+    data_args(d)
+    d.add_argument("--teacher", required=True, help="teacher artifact directory")
+    d.add_argument("--out", required=True, help="student artifact directory")
+    d.add_argument("--family", choices=("trees", "linear"), help="force a student family (default: best on validation)")
+    d.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature (default 2)")
+    d.add_argument("--augment", type=float, default=1.0, help="augmented rows per training row (default 1)")
+    d.add_argument("--noise", type=float, default=0.05, help="augmentation noise, in feature std units (default 0.05)")
+    d.add_argument("--leaf-budget", type=_fraction, default=0.02, help="student leaves as a fraction of the teacher's (default 0.02)")
+    target = d.add_mutually_exclusive_group()
+    target.add_argument("--alert-rate", type=_fraction, default=0.01, help="alert threshold target: fraction of events alerted (default 0.01)")
+    target.add_argument("--precision", type=_fraction, help="alert threshold target: validation precision instead")
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("evaluate", help="evaluate student and teacher; write a report")
+    e.add_argument("--model", required=True, help="student artifact directory")
+    e.add_argument("--teacher", help="teacher directory (default: the one recorded in the student)")
+    e.add_argument("--events", required=True, help="events or table to evaluate on")
+    e.add_argument("--label", help="tabular mode: label column (default: the model's)")
+    e.add_argument("--time", help="tabular mode: time column")
+    e.add_argument("--period", default="test", choices=("test", "valid", "train", "all"), help="rows to evaluate (default test)")
+    e.add_argument("--report", required=True, help="report directory (report.md, metrics.json, PNG plots)")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="benchmarks that print one JSON object")
+    bsub = b.add_subparsers(dest="target", required=True, metavar="TARGET")
+    bm = bsub.add_parser("models", help="teacher vs student: latency, throughput, size, AUPRC")
+    bm.add_argument("--events", required=True, help="events file (its test period is scored)")
+    bm.add_argument("--model", required=True, help="student artifact directory")
+    bm.add_argument("--teacher", help="teacher directory (default: recorded in the student)")
+    bm.add_argument("--calls", type=_positive_int, default=10_000, help="single-event calls to time (default 10000)")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``txwatch`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TxwatchError as exc:
+        print(f"txwatch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("txwatch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
