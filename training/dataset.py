@@ -105,10 +105,9 @@ def _check_file(path: str | os.PathLike) -> Path:
 
 
 def _progress(total: int | None, desc: str, enabled: bool, unit: str = "ev"):
-    from tqdm import tqdm
+    from training.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not enabled,
-                mininterval=0.5, leave=False)
+    return progress_bar(total, desc, enabled=enabled, unit=unit)
 
 
 def read_events(path: str | os.PathLike, *, progress: bool = False) -> list[Event]:

@@ -77,6 +77,7 @@ from tqdm import tqdm
 from stream.errors import ConfigError, DataError
 from stream.features import REPORTING_THRESHOLD_USD
 from stream.schema import EVENT_TYPES, MAX_TS_MS, MIN_TS_MS
+from training.progress import progress_bar
 
 __all__ = ["ASSETS", "PERSONAS", "SCENARIOS", "read_events", "simulate", "write_events"]
 
@@ -201,7 +202,7 @@ def simulate(
         ConfigError: An argument is out of range, or ``n_events`` is too small for
             ``n_accounts`` and the injected scenarios.
     """
-    with tqdm(total=n_events, desc="simulate", unit="ev", disable=not progress) as bar:
+    with progress_bar(n_events, "simulate", enabled=progress) as bar:
         return _Simulator(n_events, n_accounts, days, seed, start_ms, bar).run()
 
 
@@ -225,7 +226,7 @@ def write_events(path: str | os.PathLike, events: Iterable[dict], *, progress: b
     total = len(events) if isinstance(events, Sized) else None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with tqdm(total=total, desc=f"write {path.name}", unit="ev", disable=not progress) as bar:
+        with progress_bar(total, f"write {path.name}", enabled=progress) as bar:
             with os.fdopen(fd, "wb") as f:
                 if _is_parquet(path):
                     count = _write_parquet(f, events, bar)

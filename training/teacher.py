@@ -58,15 +58,14 @@ class TeacherTrainer:
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> "TeacherTrainer":
         """Train with early stopping on the validation set."""
-        from tqdm import tqdm
+        from training.progress import progress_bar
 
         self.params_ = self.params(y)
         # Column names live in the manifest; LightGBM gets positional ones (it rejects
         # some characters that CSV headers may contain).
         train = lgb.Dataset(X, label=y, free_raw_data=True)
         valid = lgb.Dataset(X_val, label=y_val, reference=train)
-        bar = tqdm(total=self.n_estimators, desc="teacher", unit="tree", disable=not self.progress,
-                   leave=False, mininterval=0.5)
+        bar = progress_bar(self.n_estimators, "teacher", enabled=self.progress, unit="tree")
 
         def show(env: lgb.callback.CallbackEnv) -> None:
             bar.update(1)

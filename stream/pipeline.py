@@ -1,0 +1,229 @@
+"""The engine-agnostic pipeline core: records in -> states, alerts, dead letters out.
+
+A runner (the faust agent, or the plain aiokafka loop) hands :meth:`Pipeline.process` a
+batch of Kafka records of one partition and gets back a :class:`BatchResult`: the new
+serialised states of the accounts the batch touched, its alerts, its dead letters and the
+partition's last offset. The runner writes that result to the state store in one atomic
+step and only then commits Kafka offsets.
+
+Effectively-once: records at or below the partition's stored offset are skipped, so a
+batch replayed after a crash or a rebalance changes nothing. States are cached per
+partition; a cache miss reads the store; a revoked partition's cache is dropped.
+
+No Kafka or Redis here: the store is any object with ``load(partition_key, accounts)`` and
+``offset(partition_key)`` (see :mod:`stream.store`).
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from stream.errors import InvalidEvent
+from stream.features import N_FEATURES, AccountState, StateFormatError, update
+from stream.model import Student
+from stream.schema import Event, parse_event
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record, as any runner sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+
+
+@dataclass(slots=True)
+class Alert:
+    """An event that scored at or above the model's threshold."""
+
+    event_id: str
+    account_id: str
+    ts: int
+    score: float
+    threshold: float
+    model_version: str
+    reasons: list[tuple[str, float]]
+    event: dict[str, Any]
+    partition_key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the Kafka ``alerts`` message)."""
+        return {"event_id": self.event_id, "account_id": self.account_id, "ts": self.ts,
+                "score": self.score, "threshold": self.threshold, "model_version": self.model_version,
+                "reasons": [{"feature": n, "contribution": c} for n, c in self.reasons],
+                "event": self.event}
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record that could not be used, with the reason and its original bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    field: str | None
+    value: bytes
+    key: bytes | None
+
+
+@dataclass
+class BatchResult:
+    """Everything one batch changes; written to the store in one atomic step."""
+
+    partition_key: str
+    first_offset: int            # offset stored before this batch (-1: none)
+    last_offset: int             # offset to store after it
+    states: dict[str, bytes] = field(default_factory=dict)
+    alerts: list[Alert] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)        # scored events, in order
+    score_array: np.ndarray | None = None                     # their scores
+    features: np.ndarray | None = None                        # their feature rows
+    scored: int = 0
+    skipped: int = 0              # replayed records at or below the stored offset
+    score_seconds: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        """True when the batch changes nothing in the store."""
+        return self.last_offset == self.first_offset
+
+
+class StateSource(Protocol):
+    """Where states and applied offsets are read from on a cache miss."""
+
+    def load(self, partition_key: str, accounts: Sequence[str]) -> dict[str, bytes | None]: ...
+
+    def offset(self, partition_key: str) -> int: ...
+
+
+def partition_key(topic: str, partition: int) -> str:
+    """The name of one input partition in the store (``topic:partition``)."""
+    return f"{topic}:{partition}"
+
+
+class _PartitionCache:
+    __slots__ = ("offset", "states")
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.states: dict[str, AccountState] = {}
+
+
+class Pipeline:
+    """Parse -> features -> score for batches of one partition; no I/O of its own."""
+
+    def __init__(self, student: Student, source: StateSource, *, reasons_k: int = 3,
+                 max_cached_accounts: int = 1_000_000) -> None:
+        self.student = student
+        self.source = source
+        self.reasons_k = reasons_k
+        self.max_cached_accounts = max_cached_accounts
+        self._parts: dict[str, _PartitionCache] = {}
+
+    # -- partition lifecycle ----------------------------------------------------
+    def revoke(self, pkey: str) -> None:
+        """Forget a partition's cached states (it moved to another worker)."""
+        self._parts.pop(pkey, None)
+
+    def revoke_all(self) -> None:
+        """Forget every cached state."""
+        self._parts.clear()
+
+    def applied_offset(self, pkey: str) -> int:
+        """Last offset applied for a partition (reads the store on first use)."""
+        return self._part(pkey).offset
+
+    def _part(self, pkey: str) -> _PartitionCache:
+        part = self._parts.get(pkey)
+        if part is None:
+            part = self._parts[pkey] = _PartitionCache(self.source.offset(pkey))
+        return part
+
+    # -- the batch ----------------------------------------------------------------
+    def process(self, records: Sequence[Record]) -> BatchResult:
+        """Apply a batch of one partition's records (in offset order).
+
+        The returned result must be committed to the store (and :meth:`committed` called)
+        before the next batch of the same partition; until then the cache already holds
+        the new states, so a failed write must be retried with the *same* result.
+        """
+        if not records:
+            raise ValueError("empty batch")
+        pkey = partition_key(records[0].topic, records[0].partition)
+        part = self._part(pkey)
+        result = BatchResult(pkey, part.offset, part.offset)
+        fresh = [r for r in records if r.offset > part.offset]
+        result.skipped = len(records) - len(fresh)
+        if not fresh:
+            return result
+        result.last_offset = fresh[-1].offset
+
+        events: list[Event] = []
+        for r in fresh:
+            if r.value is None:
+                result.dead.append(DeadLetter(r.topic, r.partition, r.offset, "record has no value",
+                                              None, b"", r.key))
+                continue
+            try:
+                events.append(parse_event(r.value))
+            except InvalidEvent as exc:
+                result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
+                                              bytes(r.value), r.key))
+        if not events:
+            return result
+
+        states = part.states
+        missing = list({e.account_id for e in events if e.account_id not in states})
+        if missing:
+            for acct, blob in self.source.load(pkey, missing).items():
+                if blob is not None:
+                    try:
+                        states[acct] = AccountState.from_bytes(blob)
+                    except StateFormatError:
+                        states[acct] = AccountState()  # unreadable: start the account afresh
+        buf = array("d")
+        extend = buf.extend
+        touched: dict[str, AccountState] = {}
+        for ev in events:
+            acct = ev.account_id
+            st, row = update(states.get(acct), ev)
+            states[acct] = st
+            touched[acct] = st
+            extend(row)
+        X = np.frombuffer(buf, dtype=np.float64).reshape(-1, N_FEATURES)
+        t0 = time.perf_counter()
+        student = self.student
+        scores = student.score(X)
+        hits = np.flatnonzero(scores >= student.threshold)
+        if len(hits):
+            reasons = student.reasons(X[hits], self.reasons_k)
+            for j, i in enumerate(hits):
+                ev = events[i]
+                result.alerts.append(Alert(ev.event_id, ev.account_id, ev.ts, float(scores[i]),
+                                           student.threshold, student.version, reasons[j],
+                                           ev.to_dict(), pkey))
+        result.score_seconds = time.perf_counter() - t0
+        result.scored = len(events)
+        result.event_ids = [ev.event_id for ev in events]
+        result.score_array = scores
+        result.features = X
+        result.states = {acct: st.to_bytes() for acct, st in touched.items()}
+        return result
+
+    def committed(self, result: BatchResult) -> None:
+        """Record that ``result`` is durably stored: later records start after it."""
+        part = self._part(result.partition_key)
+        part.offset = max(part.offset, result.last_offset)
+        if len(part.states) > self.max_cached_accounts:
+            part.states.clear()  # bounded memory: the store is the source of truth

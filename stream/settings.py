@@ -1,0 +1,124 @@
+"""One frozen settings object, read from the environment once at the entry point.
+
+Every setting is declared here with its type, default and description; its environment
+variable is ``TXWATCH_`` + the upper-cased name (``TXWATCH_KAFKA_URL``...). Secrets are
+``SecretStr``: they print as ``**********`` in logs, reprs and errors.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """txwatch worker, demo and replayer settings."""
+
+    model_config = SettingsConfigDict(env_prefix="TXWATCH_", frozen=True, extra="forbid")
+
+    # -- Kafka ------------------------------------------------------------------------
+    kafka_url: str = Field("", description="Kafka bootstrap servers, e.g. kafka://k1:9092,k2:9092 "
+                                           "(empty: the demo starts an embedded broker)")
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: str = Field("PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret)")
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL/SASL_SSL")
+    input_topics: str = Field("exchange.events", description="comma-separated input topics (JSON events keyed by account_id)")
+    partitions: int = Field(4, ge=1, description="partitions of the topics txwatch creates")
+    replication_factor: int = Field(1, ge=1, description="replication factor of the topics txwatch creates")
+    dead_letter_topic: str = Field("exchange.events.dlq", description="invalid events with their reason")
+    alerts_topic: str = Field("txwatch.alerts", description="alerts, for other consumers (key: event_id)")
+    group_id: str = Field("txwatch", description="consumer group of the workers")
+    session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
+    rebalance_timeout_s: float = Field(10.0, gt=0, description="consumer group rebalance timeout")
+
+    # -- Redis ------------------------------------------------------------------------
+    redis_url: str = Field("", description="redis:// or rediss:// (TLS) URL (empty: the demo starts an embedded Redis)")
+    redis_password: SecretStr | None = Field(None, description="Redis password (secret); overrides one in the URL")
+    redis_prefix: str = Field("txwatch", description="prefix of every Redis key txwatch writes")
+    alert_ttl_days: float = Field(90.0, gt=0, description="retention of alert hashes and the time index")
+    alerts_maxlen: int = Field(100_000, ge=1, description="approximate length cap of each partition's alert stream")
+
+    # -- Scoring ----------------------------------------------------------------------
+    model_dir: str = Field("runs/student", description="student artifact directory")
+    model_poll_s: float = Field(5.0, gt=0, description="how often the worker checks for a new model")
+    batch_max: int = Field(2000, ge=1, description="events per scoring batch at most")
+    batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
+    reasons_k: int = Field(3, ge=1, le=10, description="reason codes stored with each alert")
+    max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
+
+    # -- Operations ---------------------------------------------------------------------
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    log_interval_s: float = Field(10.0, gt=0, description="period of the one-line progress log")
+    retry_max_s: float = Field(30.0, gt=0, description="longest backoff between retries of a failed Redis write")
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _protocol(cls, v: str) -> str:
+        v = v.upper()
+        if v not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: str) -> str:
+        if v and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    # -- derived ------------------------------------------------------------------------
+    @property
+    def topics(self) -> list[str]:
+        """Input topics as a list."""
+        return [t.strip() for t in self.input_topics.split(",") if t.strip()]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port,host:port`` without the ``kafka://`` scheme."""
+        return ",".join(part.split("://", 1)[-1] for part in self.kafka_url.split(","))
+
+    def kafka_client_options(self) -> dict:
+        """Security options in aiokafka / kafka-python keyword form."""
+        opts: dict = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            opts.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                        sasl_plain_username=self.kafka_sasl_username,
+                        sasl_plain_password=(self.kafka_sasl_password.get_secret_value()
+                                             if self.kafka_sasl_password else None))
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            opts["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        return opts
+
+    def redacted_redis_url(self) -> str:
+        """The Redis URL with any password in it masked (for logs and errors)."""
+        parts = urlsplit(self.redis_url)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+            return parts._replace(netloc=netloc).geturl()
+        return self.redis_url
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment (plus explicit overrides); ``ConfigError`` if invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"TXWATCH_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """``(ENV_NAME, default, description)`` of every setting (for the README and --help)."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        rows.append((f"TXWATCH_{name.upper()}", "" if default is None else str(default), field.description or ""))
+    return rows

@@ -1,0 +1,224 @@
+"""State and alert stores: where a batch's result lands in one atomic step.
+
+Redis key layout (``P`` = the configurable prefix, default ``txwatch``; ``{t:p}`` is the
+input topic and partition, a Redis Cluster hash tag, so one partition's keys share a slot):
+
+==================================  ======  ==================================================
+key                                 type    contents
+==================================  ======  ==================================================
+``P:{t:p}:offset``                  string  last applied Kafka offset of the partition
+``P:{t:p}:state``                   hash    account_id -> serialised feature state (~0.5 KB)
+``P:{t:p}:alert:<event_id>``        hash    one alert: event_id, account_id, ts, score,
+                                            threshold, model_version, reasons (JSON), event
+                                            (JSON), status (``open``), created_ms; TTL =
+                                            retention
+``P:{t:p}:alerts``                  stream  the partition's alerts, newest last, ``MAXLEN ~``
+``P:{t:p}:alerts:by_time``          zset    event_id scored by event time; entries older than
+                                            the newest by more than the retention are trimmed
+``P:partitions``                    set     every ``t:p`` that has written (to find the keys)
+``P:alerts:live``                   pubsub  channel: each new alert as JSON
+==================================  ======  ==================================================
+
+One Lua script applies a whole batch: it checks that the stored offset is the one the
+worker started from (a fence: a worker that lost the partition cannot overwrite newer
+state), stores states, offset and new alerts, skips alerts whose hash already exists
+(idempotent by event_id), and returns the ids it added. Scripts run atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import orjson
+
+from stream.errors import ServiceUnavailable, TxwatchError
+from stream.pipeline import Alert, BatchResult
+
+
+class FenceError(TxwatchError):
+    """The stored offset moved under this worker: another owner wrote the partition."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Key prefix and alert retention."""
+
+    prefix: str = "txwatch"
+    alerts_maxlen: int = 100_000        # per-partition stream length (approximate trim)
+    alert_ttl_s: int = 90 * 86_400      # alert hashes and time index: 90 days
+
+
+def _alert_fields(a: Alert, now_ms: int) -> dict[str, Any]:
+    """The alert hash's fields, all strings (as Redis stores them)."""
+    return {"event_id": a.event_id, "account_id": a.account_id, "ts": str(a.ts), "score": repr(a.score),
+            "threshold": repr(a.threshold), "model_version": a.model_version,
+            "reasons": orjson.dumps([{"feature": n, "contribution": c} for n, c in a.reasons]).decode(),
+            "event": orjson.dumps(a.event).decode(), "status": "open", "created_ms": str(now_ms)}
+
+
+class MemoryStore:
+    """In-memory double of :class:`RedisStore` for unit tests (same semantics, no server)."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[str, int] = {}
+        self.states: dict[str, dict[str, bytes]] = {}
+        self.alerts: dict[str, dict[str, dict[str, Any]]] = {}
+        self.fail_next = 0  # tests: make the next N commits raise ServiceUnavailable
+
+    def load(self, pkey: str, accounts: Sequence[str]) -> dict[str, bytes | None]:
+        """States of ``accounts`` in partition ``pkey`` (None if unknown)."""
+        part = self.states.get(pkey, {})
+        return {a: part.get(a) for a in accounts}
+
+    def offset(self, pkey: str) -> int:
+        """Last applied offset (-1 if none)."""
+        return self.offsets.get(pkey, -1)
+
+    def commit(self, result: BatchResult) -> list[str]:
+        """Apply a batch atomically; return the event ids of newly added alerts."""
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ServiceUnavailable("memory store: injected failure")
+        if result.empty:
+            return []
+        if self.offsets.get(result.partition_key, -1) != result.first_offset:
+            raise FenceError(f"{result.partition_key}: stored offset moved")
+        self.offsets[result.partition_key] = result.last_offset
+        self.states.setdefault(result.partition_key, {}).update(result.states)
+        part = self.alerts.setdefault(result.partition_key, {})
+        added = []
+        now = int(time.time() * 1000)
+        for a in result.alerts:
+            if a.event_id not in part:
+                part[a.event_id] = _alert_fields(a, now)
+                added.append(a.event_id)
+        return added
+
+    def all_alerts(self) -> dict[str, dict[str, Any]]:
+        """Every alert by event id."""
+        return {k: v for part in self.alerts.values() for k, v in part.items()}
+
+
+_COMMIT_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if cur ~= tonumber(ARGV[1]) then return {-1, cur} end
+redis.call('SET', KEYS[1], ARGV[2])
+local i = 7
+local n = tonumber(ARGV[6])
+local step = 200
+local j = 0
+while j < n do
+  local k = math.min(step, n - j)
+  local args = {}
+  for q = 1, 2 * k do args[q] = ARGV[i + q - 1] end
+  redis.call('HSET', KEYS[2], unpack(args))
+  i = i + 2 * k
+  j = j + k
+end
+local added = {0}
+local m = tonumber(ARGV[i]); i = i + 1
+local ttl = tonumber(ARGV[4])
+for a = 1, m do
+  local eid, ts, fields = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local akey = ARGV[3] .. eid
+  if redis.call('EXISTS', akey) == 0 then
+    local f = cjson.decode(fields)
+    redis.call('HSET', akey, 'event_id', f.event_id, 'account_id', f.account_id, 'ts', f.ts,
+      'score', f.score, 'threshold', f.threshold, 'model_version', f.model_version,
+      'reasons', f.reasons, 'event', f.event, 'status', f.status, 'created_ms', f.created_ms)
+    redis.call('PEXPIRE', akey, ttl * 1000)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event_id', eid, 'score', f.score,
+      'account_id', f.account_id, 'ts', ts)
+    redis.call('ZADD', KEYS[4], ts, eid)
+    redis.call('PUBLISH', KEYS[5], fields)
+    added[1] = added[1] + 1
+    added[#added + 1] = eid
+  end
+end
+if m > 0 then
+  local newest = redis.call('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if newest[2] then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%.0f', tonumber(newest[2]) - ttl * 1000))
+  end
+end
+redis.call('SADD', KEYS[6], ARGV[i])
+return added
+"""
+
+
+class RedisStore:
+    """Account states, offsets and alerts in Redis (standalone or Cluster), one script per batch."""
+
+    def __init__(self, client, config: StoreConfig = StoreConfig()) -> None:
+        self.client = client
+        self.config = config
+        self._commit = client.register_script(_COMMIT_LUA)
+
+    # -- keys ---------------------------------------------------------------------
+    def key(self, pkey: str, suffix: str) -> str:
+        """``prefix:{topic:partition}:suffix``."""
+        return f"{self.config.prefix}:{{{pkey}}}:{suffix}"
+
+    @property
+    def live_channel(self) -> str:
+        """Pub/sub channel of new alerts."""
+        return f"{self.config.prefix}:alerts:live"
+
+    @property
+    def partitions_key(self) -> str:
+        """Set of partitions that have written."""
+        return f"{self.config.prefix}:partitions"
+
+    # -- reads ----------------------------------------------------------------------
+    def load(self, pkey: str, accounts: Sequence[str]) -> dict[str, bytes | None]:
+        """States of ``accounts`` (one HMGET)."""
+        values = self.client.hmget(self.key(pkey, "state"), list(accounts))
+        return dict(zip(accounts, values))
+
+    def offset(self, pkey: str) -> int:
+        """Last applied offset (-1 if none)."""
+        raw = self.client.get(self.key(pkey, "offset"))
+        return -1 if raw is None else int(raw)
+
+    def partitions(self) -> list[str]:
+        """Every partition that has written, sorted."""
+        return sorted(p.decode() for p in self.client.smembers(self.partitions_key))
+
+    def alert(self, pkey: str, event_id: str) -> dict[str, str] | None:
+        """One alert hash, decoded, or None."""
+        raw = self.client.hgetall(self.key(pkey, f"alert:{event_id}"))
+        return {k.decode(): v.decode() for k, v in raw.items()} or None
+
+    def alert_ids(self, pkey: str) -> list[str]:
+        """Event ids of a partition's alerts in event-time order."""
+        return [e.decode() for e in self.client.zrange(self.key(pkey, "alerts:by_time"), 0, -1)]
+
+    # -- the atomic write ---------------------------------------------------------------
+    def commit(self, result: BatchResult) -> list[str]:
+        """Apply a batch in one script; return the newly added alert ids.
+
+        Raises ``FenceError`` if the stored offset is not the one the batch started from.
+        """
+        if result.empty:
+            return []
+        pkey = result.partition_key
+        now = int(time.time() * 1000)
+        args: list[Any] = [result.first_offset, result.last_offset, self.key(pkey, "alert:"),
+                           self.config.alert_ttl_s, self.config.alerts_maxlen, len(result.states)]
+        for acct, blob in result.states.items():
+            args.append(acct)
+            args.append(blob)
+        args.append(len(result.alerts))
+        for a in result.alerts:
+            args += [a.event_id, a.ts, orjson.dumps(_alert_fields(a, now))]
+        args.append(pkey)
+        keys = [self.key(pkey, "offset"), self.key(pkey, "state"), self.key(pkey, "alerts"),
+                self.key(pkey, "alerts:by_time"), self.live_channel, self.partitions_key]
+        reply = self._commit(keys=keys, args=args)
+        if reply and reply[0] == -1:
+            raise FenceError(f"{pkey}: stored offset is {reply[1]}, this worker expected "
+                             f"{result.first_offset}; the partition moved to another worker")
+        return [e.decode() if isinstance(e, bytes) else e for e in reply[1:]]

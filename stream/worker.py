@@ -1,0 +1,257 @@
+"""What every runner shares: per-batch handling, retries, model reload, connections.
+
+A runner (faust agent or plain aiokafka loop) only turns its consumer's records into
+:class:`stream.pipeline.Record` batches and calls :meth:`WorkerCore.handle`; when that
+returns, the batch is durably in Redis and the runner may commit Kafka offsets.
+
+Order of writes per partition batch: dead letters and alerts are produced to Kafka and
+acknowledged first (at-least-once; consumers deduplicate by key), then states, offset
+and alerts go to Redis in one atomic script, then Kafka offsets are committed. A crash
+anywhere replays the batch; the stored offset makes the replay a no-op in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
+
+import orjson
+import redis
+
+from stream.errors import ArtifactError, ServiceUnavailable, TxwatchError
+from stream.metrics import WorkerMetrics
+from stream.model import Student, load_student
+from stream.pipeline import BatchResult, Pipeline, Record
+from stream.settings import Settings
+from stream.store import FenceError, RedisStore, StoreConfig
+
+log = logging.getLogger("txwatch.worker")
+
+# publish(topic, [(key, value, headers)]) -> awaits every acknowledgement
+Publish = Callable[[str, list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]], Awaitable[None]]
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client for the settings' URL; ``ServiceUnavailable`` naming it if unreachable."""
+    if not settings.redis_url:
+        raise ServiceUnavailable("TXWATCH_REDIS_URL is not set")
+    kwargs = {"socket_connect_timeout": 3.0, "socket_timeout": 10.0, "health_check_interval": 30}
+    if settings.redis_password is not None:
+        kwargs["password"] = settings.redis_password.get_secret_value()
+    client = redis.Redis.from_url(settings.redis_url, **kwargs)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise ServiceUnavailable(f"Redis at {settings.redacted_redis_url()} refused the credentials") from None
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.redacted_redis_url()}: {exc}") from None
+    return client
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the input, dead-letter and alert topics (same partition count) if missing."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="txwatch-admin",
+                                 request_timeout_ms=15_000, **_kafka_python_security(settings))
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_url}: {exc}") from None
+    try:
+        existing = set(admin.list_topics())
+        wanted = [*settings.topics, settings.dead_letter_topic, settings.alerts_topic]
+        new = [NewTopic(t, settings.partitions, settings.replication_factor) for t in wanted if t not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s with %d partitions", [t.name for t in new], settings.partitions)
+    finally:
+        admin.close()
+
+
+def _kafka_python_security(settings: Settings) -> dict:
+    opts = settings.kafka_client_options()
+    return opts
+
+
+class ModelWatcher:
+    """Picks up a new student without a restart: a changed directory, or a Redis pointer.
+
+    The pointer key ``<prefix>:model:dir`` (if set) names the directory to serve. A new
+    artifact is verified before use; a broken one is refused, logged and counted, and the
+    current model keeps serving.
+    """
+
+    def __init__(self, settings: Settings, client: redis.Redis | None, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.client = client
+        self.metrics = metrics
+        self.pointer_key = f"{settings.redis_prefix}:model:dir"
+        self.dir = settings.model_dir
+        self._stamp: tuple | None = None
+
+    def _target(self) -> str:
+        if self.client is not None:
+            try:
+                raw = self.client.get(self.pointer_key)
+            except redis.RedisError:
+                raw = None
+            if raw:
+                return raw.decode()
+        return self.settings.model_dir
+
+    def _fingerprint(self, directory: str) -> tuple | None:
+        try:
+            manifest = Path(directory) / "manifest.json"
+            st = manifest.stat()
+            return (directory, st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return None
+
+    def load_initial(self) -> Student:
+        """The model to start with; ``ArtifactError`` if it is not valid."""
+        self.dir = self._target()
+        student = load_student(self.dir)
+        self._stamp = self._fingerprint(self.dir)
+        self.metrics.set_model(student.version)
+        self.metrics.reloads.labels(result="ok").inc()
+        return student
+
+    def poll(self) -> Student | None:
+        """A newly verified student if the model changed since the last poll, else None."""
+        target = self._target()
+        stamp = self._fingerprint(target)
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp  # do not retry a broken artifact until it changes again
+        try:
+            student = load_student(target)
+        except ArtifactError as exc:
+            self.metrics.reloads.labels(result="refused").inc()
+            log.error("model reload refused, keeping the current model: %s", exc)
+            return None
+        self.dir = target
+        self.metrics.reloads.labels(result="ok").inc()
+        self.metrics.set_model(student.version)
+        log.info("model reloaded: %s from %s", student.version, target)
+        return student
+
+
+class WorkerCore:
+    """Batch handling shared by the runners."""
+
+    def __init__(self, settings: Settings, store: RedisStore, student: Student, publish: Publish,
+                 metrics: WorkerMetrics | None = None, watcher: ModelWatcher | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.publish = publish
+        self.metrics = metrics or WorkerMetrics()
+        self.watcher = watcher
+        self.pipeline = Pipeline(student, store, reasons_k=settings.reasons_k)
+        self._next_poll = time.monotonic() + settings.model_poll_s
+        self._next_log = time.monotonic() + settings.log_interval_s
+
+    @property
+    def student(self) -> Student:
+        """The serving model."""
+        return self.pipeline.student
+
+    def revoke(self, topic: str, partition: int) -> None:
+        """Drop a revoked partition's cached states."""
+        self.pipeline.revoke(f"{topic}:{partition}")
+
+    async def _retry(self, what: str, fn: Callable[[], object]) -> object:
+        """Run ``fn`` until it succeeds, backing off on Redis errors (never on bugs)."""
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                    ServiceUnavailable) as exc:
+                self.metrics.retries.inc()
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+
+    async def handle(self, records: Sequence[Record]) -> list[BatchResult]:
+        """Process a batch (any partitions); return once everything is durably stored."""
+        self._maybe_reload()
+        groups: dict[tuple[str, int], list[Record]] = {}
+        for r in records:
+            groups.setdefault((r.topic, r.partition), []).append(r)
+        results = []
+        for group in groups.values():
+            results.append(await self._handle_partition(group))
+        self._maybe_log()
+        return results
+
+    async def _handle_partition(self, group: list[Record]) -> BatchResult:
+        m = self.metrics
+        while True:
+            result: BatchResult = await self._retry("reading states", lambda: self.pipeline.process(group))
+            if result.dead:
+                await self.publish(self.settings.dead_letter_topic, [
+                    (d.key, d.value, [("txwatch-reason", d.reason.encode()),
+                                      ("txwatch-field", (d.field or "").encode()),
+                                      ("txwatch-source", f"{d.topic}:{d.partition}:{d.offset}".encode())])
+                    for d in result.dead])
+            if result.alerts:
+                await self.publish(self.settings.alerts_topic, [
+                    (a.event_id.encode(), orjson.dumps(a.to_dict()), []) for a in result.alerts])
+            try:
+                added = await self._retry("writing the batch to Redis", lambda: self.store.commit(result))
+            except FenceError as exc:
+                # Another worker wrote this partition: forget our view and redo from the store.
+                log.warning("%s; reloading the partition's state", exc)
+                self.pipeline.revoke(result.partition_key)
+                continue
+            break
+        self.pipeline.committed(result)
+        now = time.time()
+        m.events.labels(outcome="scored").inc(result.scored)
+        m.events.labels(outcome="skipped").inc(result.skipped)
+        if result.dead:
+            m.events.labels(outcome="dead").inc(len(result.dead))
+            for d in result.dead:
+                m.dead.labels(reason=(d.field or d.reason.split(":")[0])[:40]).inc()
+        m.alerts.inc(len(added))
+        if result.scored:
+            m.batch_seconds.observe(result.score_seconds)
+            ts = group[-1].timestamp_ms
+            if ts:
+                m.latency.observe(max(now - ts / 1000.0, 0.0))
+        return result
+
+    def _maybe_reload(self) -> None:
+        if self.watcher is None or time.monotonic() < self._next_poll:
+            return
+        self._next_poll = time.monotonic() + self.settings.model_poll_s
+        new = self.watcher.poll()
+        if new is not None:
+            self.pipeline.student = new
+
+    def _maybe_log(self) -> None:
+        if time.monotonic() >= self._next_log:
+            self._next_log = time.monotonic() + self.settings.log_interval_s
+            log.info("%s model=%s", self.metrics.log_line(), self.student.version)
+
+
+def build_core(settings: Settings, publish: Publish, metrics: WorkerMetrics | None = None) -> WorkerCore:
+    """Connect to Redis, load and verify the model, and assemble the core."""
+    metrics = metrics or WorkerMetrics()
+    client = redis_client(settings)
+    watcher = ModelWatcher(settings, client, metrics)
+    try:
+        student = watcher.load_initial()
+    except ArtifactError as exc:
+        raise TxwatchError(f"cannot serve: {exc}") from None
+    store = RedisStore(client, StoreConfig(settings.redis_prefix, settings.alerts_maxlen,
+                                           int(settings.alert_ttl_days * 86_400)))
+    return WorkerCore(settings, store, student, publish, metrics, watcher)

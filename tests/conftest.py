@@ -1,0 +1,49 @@
+"""Shared fixtures: a small simulated history and a teacher/student pair trained on it.
+
+Built once per test session through the real code paths (simulator, feature engine,
+LightGBM teacher, distillation), sized to take seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.dataset import event_dataset
+from training.distill import distill
+from training.simulate import simulate, write_events
+from training.teacher import load_teacher, train_teacher
+
+SMALL = {"n_events": 60_000, "n_accounts": 600, "days": 20, "seed": 11}
+TEACHER_PARAMS = {"n_estimators": 400, "num_leaves": 31, "learning_rate": 0.05, "early_stopping_rounds": 60}
+
+
+@pytest.fixture(scope="session")
+def small_events(tmp_path_factory) -> list[dict]:
+    """Event dicts of a small simulated history."""
+    return simulate(**SMALL)
+
+
+@pytest.fixture(scope="session")
+def events_file(tmp_path_factory, small_events) -> Path:
+    """The small history as JSON Lines."""
+    path = tmp_path_factory.mktemp("data") / "events.jsonl"
+    write_events(path, small_events)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset(events_file):
+    """Features, labels and split of the small history."""
+    return event_dataset(events_file)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory, dataset) -> dict[str, Path]:
+    """``{"teacher": dir, "student": dir}`` trained on the small history."""
+    root = tmp_path_factory.mktemp("models")
+    train_teacher(dataset, root / "teacher", **TEACHER_PARAMS)
+    teacher = load_teacher(root / "teacher")
+    distill(dataset, teacher, root / "student", log=lambda m: None)
+    return {"teacher": root / "teacher", "student": root / "student"}
