@@ -4,7 +4,8 @@ Every feature the models see is computed here, and only here: training replays h
 through :func:`update` in event-time order, and the stream worker calls the same function
 per event. State per account is a fixed set of floats plus small bounded lists (recent
 devices, IPs, countries, payout addresses, a top-k counterparty sketch), so its memory does
-not grow with the account's event count; it serialises to about 0.5 KB of bytes.
+not grow with the account's event count; it serialises to at most ``MAX_STATE_BYTES``
+(about 0.73 KB) of bytes.
 
 Time-decayed aggregates are exponentially decayed counts and sums with time constants of
 5 minutes, 1 hour and 24 hours: ``c <- c * exp(-dt / tau) + x``, an event-time analogue
@@ -44,6 +45,8 @@ TAU_5M, TAU_1H, TAU_24H = 300.0, 3600.0, 86400.0
 # Gap features (log1p of seconds) when there was no earlier event of that kind: ~3 years.
 GAP_NONE = math.log1p(1e8)
 MAX_DEVICES, MAX_IPS, MAX_COUNTRIES, MAX_ADDRESSES, MAX_COUNTERPARTIES = 8, 8, 4, 16, 4
+MAX_RECENT_IDS = 32  # duplicates are recognised among each account's last 32 events
+LATE_TOLERANCE_MS = 3_600_000  # later than this behind the account's latest event: refused
 CP_DECAY = 0.9  # per counterparty-bearing event: the sketch remembers ~10 recent events
 EWMA_ALPHA = 0.1
 ROUND_TRIP_WINDOW_S = 3600.0
@@ -114,7 +117,9 @@ _SCALARS = (
 )
 _LISTS = ("devices", "ips", "countries", "addresses", "cp_keys")
 _STATE_MAGIC = 0x54580000 | ENGINE_VERSION  # "TX" + engine version
-_HEADER = struct.Struct(f"<I{len(_SCALARS)}d{len(_LISTS)}B")
+_HEADER = struct.Struct(f"<I{len(_SCALARS)}d{len(_LISTS) + 1}B")
+MAX_STATE_BYTES = (_HEADER.size + 4 * (MAX_DEVICES + MAX_IPS + MAX_COUNTRIES + MAX_ADDRESSES + MAX_COUNTERPARTIES)
+                   + 8 * MAX_COUNTERPARTIES + 8 * MAX_RECENT_IDS)
 
 
 class AccountState:
@@ -160,6 +165,7 @@ class AccountState:
     addresses: list[int]
     cp_keys: list[int]   # counterparty sketch keys and decayed weights
     cp_weights: list[float]
+    recent_ids: list[int]  # 64-bit keys of the latest event ids, most recent first, bounded
 
     def __init__(self) -> None:
         self.last_ts = self.first_ts = -1.0
@@ -177,16 +183,19 @@ class AccountState:
         self.addresses = []
         self.cp_keys = []
         self.cp_weights = []
+        self.recent_ids = []
 
     def to_bytes(self) -> bytes:
         """Serialise to compact bytes (exact: floats are stored as float64)."""
         lists = [getattr(self, name) for name in _LISTS]
         head = _HEADER.pack(
-            _STATE_MAGIC, *(getattr(self, n) for n in _SCALARS), *(len(x) for x in lists)
+            _STATE_MAGIC, *(getattr(self, n) for n in _SCALARS), *(len(x) for x in lists),
+            len(self.recent_ids),
         )
         ints = [v for lst in lists for v in lst]
         return (head + struct.pack(f"<{len(ints)}I", *ints)
-                + struct.pack(f"<{len(self.cp_weights)}d", *self.cp_weights))
+                + struct.pack(f"<{len(self.cp_weights)}d", *self.cp_weights)
+                + struct.pack(f"<{len(self.recent_ids)}Q", *self.recent_ids))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "AccountState":
@@ -199,22 +208,25 @@ class AccountState:
         st = cls()
         for name, value in zip(_SCALARS, head[1:1 + len(_SCALARS)]):
             setattr(st, name, value)
-        lengths = head[1 + len(_SCALARS):]
+        lengths = head[1 + len(_SCALARS):-1]
+        n_recent = head[-1]
         n_ints = sum(lengths)
         n_cp = lengths[-1]
-        if len(data) != _HEADER.size + 4 * n_ints + 8 * n_cp:
+        if len(data) != _HEADER.size + 4 * n_ints + 8 * n_cp + 8 * n_recent:
             raise StateFormatError("account state has the wrong length")
         ints = struct.unpack_from(f"<{n_ints}I", data, _HEADER.size)
         pos = 0
         for name, k in zip(_LISTS, lengths):
             setattr(st, name, list(ints[pos:pos + k]))
             pos += k
-        st.cp_weights = list(struct.unpack_from(f"<{n_cp}d", data, _HEADER.size + 4 * n_ints))
+        pos = _HEADER.size + 4 * n_ints
+        st.cp_weights = list(struct.unpack_from(f"<{n_cp}d", data, pos))
+        st.recent_ids = list(struct.unpack_from(f"<{n_recent}Q", data, pos + 8 * n_cp))
         return st
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AccountState) and all(
-            getattr(self, n) == getattr(other, n) for n in _SCALARS + _LISTS + ("cp_weights",)
+            getattr(self, n) == getattr(other, n) for n in _SCALARS + _LISTS + ("cp_weights", "recent_ids")
         )
 
     def __repr__(self) -> str:
@@ -236,6 +248,37 @@ def _seen(lst: list[int], text: str, cap: int) -> float:
     if len(lst) > cap:
         lst.pop()
     return 1.0
+
+
+def event_key(event_id: str) -> int:
+    """A 64-bit key of an event id (two independent 32-bit checksums)."""
+    b = event_id.encode()
+    return (zlib.crc32(b) << 32) | zlib.adler32(b)
+
+
+def admit(state: AccountState | None, ev: Event) -> str | None:
+    """Why ``ev`` must not be applied to ``state`` (``"duplicate"`` or a lateness reason), or None.
+
+    A duplicate is an event id among the account's last ``MAX_RECENT_IDS`` events; it has
+    been applied already. An event more than ``LATE_TOLERANCE_MS`` behind the account's
+    latest event is refused rather than applied as if it were current.
+
+    >>> from stream.schema import Event
+    >>> e = Event("e1", 1767571200000, "a", "deposit", "BTC", 1.0, 5.0)
+    >>> s, _ = update(None, e)
+    >>> admit(s, e)
+    'duplicate'
+    >>> admit(s, Event("e0", 1767571200000 - 7_200_000, "a", "deposit", "BTC", 1.0, 5.0))
+    'late by 7200s (tolerance 3600s)'
+    """
+    if state is None:
+        return None
+    if event_key(ev.event_id) in state.recent_ids:
+        return "duplicate"
+    behind = state.last_ts - ev.ts
+    if behind > LATE_TOLERANCE_MS:
+        return f"late by {behind / 1000:.0f}s (tolerance {LATE_TOLERANCE_MS // 1000}s)"
+    return None
 
 
 def update(state: AccountState | None, ev: Event) -> tuple[AccountState, list[float]]:
@@ -386,6 +429,10 @@ def update(state: AccountState | None, ev: Event) -> tuple[AccountState, list[fl
         s.t_login = ts
     s.n += 1.0
     s.last_ts = ts
+    recent = s.recent_ids
+    recent.insert(0, event_key(ev.event_id))
+    if len(recent) > MAX_RECENT_IDS:
+        recent.pop()
     angle = (ts % 86_400_000.0) * _TWO_PI_PER_MS_DAY
     weekday = (int(ts // 86_400_000.0) + 3) % 7  # 1970-01-01 was a Thursday
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from stream.errors import InvalidEvent
-from stream.features import N_FEATURES, AccountState, StateFormatError, update
+from stream.features import N_FEATURES, AccountState, StateFormatError, admit, update
 from stream.model import Student
 from stream.schema import Event, parse_event
 
@@ -91,6 +91,7 @@ class BatchResult:
     features: np.ndarray | None = None                        # their feature rows
     scored: int = 0
     skipped: int = 0              # replayed records at or below the stored offset
+    duplicates: int = 0           # events whose event_id the account has applied already
     score_seconds: float = 0.0
 
     @property
@@ -170,6 +171,7 @@ class Pipeline:
         result.last_offset = fresh[-1].offset
 
         events: list[Event] = []
+        sources: list[Record] = []
         for r in fresh:
             if r.value is None:
                 result.dead.append(DeadLetter(r.topic, r.partition, r.offset, "record has no value",
@@ -177,6 +179,7 @@ class Pipeline:
                 continue
             try:
                 events.append(parse_event(r.value))
+                sources.append(r)
             except InvalidEvent as exc:
                 result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
                                               bytes(r.value), r.key))
@@ -195,12 +198,28 @@ class Pipeline:
         buf = array("d")
         extend = buf.extend
         touched: dict[str, AccountState] = {}
-        for ev in events:
+        applied: list[Event] = []
+        for ev, rec in zip(events, sources):
             acct = ev.account_id
-            st, row = update(states.get(acct), ev)
+            st = states.get(acct)
+            if st is not None:
+                why = admit(st, ev)
+                if why == "duplicate":
+                    result.duplicates += 1
+                    continue
+                if why is not None:
+                    result.dead.append(DeadLetter(rec.topic, rec.partition, rec.offset, why, "ts",
+                                                  bytes(rec.value or b""), rec.key))
+                    continue
+            st, row = update(st, ev)
             states[acct] = st
             touched[acct] = st
             extend(row)
+            applied.append(ev)
+        events = applied
+        result.states = {acct: st.to_bytes() for acct, st in touched.items()}
+        if not events:
+            return result
         X = np.frombuffer(buf, dtype=np.float64).reshape(-1, N_FEATURES)
         t0 = time.perf_counter()
         student = self.student
@@ -218,7 +237,6 @@ class Pipeline:
         result.event_ids = [ev.event_id for ev in events]
         result.score_array = scores
         result.features = X
-        result.states = {acct: st.to_bytes() for acct, st in touched.items()}
         return result
 
     def committed(self, result: BatchResult) -> None:

@@ -217,6 +217,7 @@ class WorkerCore:
         now = time.time()
         m.events.labels(outcome="scored").inc(result.scored)
         m.events.labels(outcome="skipped").inc(result.skipped)
+        m.events.labels(outcome="duplicate").inc(result.duplicates)
         if result.dead:
             m.events.labels(outcome="dead").inc(len(result.dead))
             for d in result.dead:

@@ -16,7 +16,11 @@ from training.simulate import simulate, write_events
 from training.teacher import load_teacher, train_teacher
 
 SMALL = {"n_events": 60_000, "n_accounts": 600, "days": 20, "seed": 11}
-TEACHER_PARAMS = {"n_estimators": 400, "num_leaves": 31, "learning_rate": 0.05, "early_stopping_rounds": 60}
+TEACHER_PARAMS = {"n_estimators": 600, "num_leaves": 63, "learning_rate": 0.05, "early_stopping_rounds": 60}
+# This small teacher early-stops near 10k leaves; 2 % of that (~190 leaves) is too little
+# student to judge agreement on, so the tests give it 5 %. The 2 % target is measured at
+# full size by `txwatch bench models` (README).
+LEAF_BUDGET = 0.05
 
 
 @pytest.fixture(scope="session")
@@ -45,5 +49,5 @@ def models(tmp_path_factory, dataset) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     train_teacher(dataset, root / "teacher", **TEACHER_PARAMS)
     teacher = load_teacher(root / "teacher")
-    distill(dataset, teacher, root / "student", log=lambda m: None)
+    distill(dataset, teacher, root / "student", leaf_budget=LEAF_BUDGET, log=lambda m: None)
     return {"teacher": root / "teacher", "student": root / "student"}

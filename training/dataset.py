@@ -168,8 +168,17 @@ def _parquet_rows(p: Path) -> list[dict]:
 
 
 def order_by_time(events: list[Event]) -> list[Event]:
-    """Events in event-time order; ties keep their input order."""
-    return sorted(events, key=lambda e: e.ts)
+    """Events in event-time order, each event id once; ties keep their input order.
+
+    A repeated event id is an upstream duplicate: the stream skips it, so training does too.
+    """
+    seen: set[str] = set()
+    unique = []
+    for e in events:
+        if e.event_id not in seen:
+            seen.add(e.event_id)
+            unique.append(e)
+    return sorted(unique, key=lambda e: e.ts)
 
 
 def build_features(events: list[Event], *, progress: bool = False) -> np.ndarray:

@@ -114,8 +114,8 @@ class TreeStudent:
 
     family = "trees"
 
-    def __init__(self, n_estimators: int = 100, num_leaves: int = 15, learning_rate: float = 0.1,
-                 temperature: float = 2.0, lambda_l2: float = 1.0, min_child_samples: int = 40,
+    def __init__(self, n_estimators: int = 1000, num_leaves: int = 7, learning_rate: float = 0.2,
+                 temperature: float = 10.0, lambda_l2: float = 1.0, min_child_samples: int = 40,
                  feature_fraction: float = 0.9, early_stopping_rounds: int = 20,
                  max_leaves: int | None = None, seed: int = 0) -> None:
         self.n_estimators = n_estimators
@@ -160,7 +160,7 @@ class LinearStudent:
 
     family = "linear"
 
-    def __init__(self, C: float = 1.0, temperature: float = 2.0, max_iter: int = 1000) -> None:
+    def __init__(self, C: float = 1.0, temperature: float = 10.0, max_iter: int = 1000) -> None:
         self.C = C
         self.temperature = temperature
         self.max_iter = max_iter
@@ -223,7 +223,7 @@ def make_trainer(family: str, temperature: float, teacher_leaves: int, leaf_budg
 
 def distill(ds: Dataset, teacher: Teacher, out_dir: str | os.PathLike, *,
             families: tuple[str, ...] = FAMILIES, family: str | None = None,
-            temperature: float = 2.0, augment_factor: float = 1.0, noise: float = 0.05,
+            temperature: float = 10.0, augment_factor: float = 1.0, noise: float = 0.05,
             leaf_budget: float = 0.02, alert_rate: float | None = 0.01, precision: float | None = None,
             seed: int = 0, log=print) -> dict[str, Any]:
     """Fit every family, compare them, save the chosen student; return its manifest."""

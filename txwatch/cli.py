@@ -122,6 +122,79 @@ def cmd_bench(a: argparse.Namespace) -> int:
     raise TxwatchError(f"unknown benchmark {a.target!r}")
 
 
+def _setup_logging(quiet: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("txwatch").setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python's event-loop timing warnings
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from stream.settings import load_settings
+
+    _setup_logging(a.quiet)
+    settings = load_settings()
+    if not settings.kafka_url or not settings.redis_url:
+        raise TxwatchError("the worker needs TXWATCH_KAFKA_URL and TXWATCH_REDIS_URL (or run `txwatch demo`)")
+    if a.runner == "plain":
+        from stream.runner import run_plain_worker
+
+        run_plain_worker(settings)
+    else:
+        from stream.app import run_faust_worker
+
+        run_faust_worker(settings)
+    return 0
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from stream.replay import replay
+    from stream.settings import load_settings
+
+    settings = load_settings()
+    if not settings.kafka_url:
+        raise TxwatchError("set TXWATCH_KAFKA_URL to the cluster to publish to")
+    result = replay(settings, a.events, a.topic or settings.topics[0], a.rate, limit=a.limit,
+                    progress=not a.quiet)
+    _print_json(result)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from txwatch.demo import run_demo
+
+    _setup_logging(True)
+    summary = run_demo(events=a.events, accounts=a.accounts, days=a.days, seed=a.seed, workdir=a.workdir,
+                       runner=a.runner, rate=a.rate, teacher_trees=a.teacher_trees, keep=a.keep,
+                       log=_log(a.quiet))
+    if a.json:
+        _print_json(summary)
+    return 0
+
+
+def cmd_alerts(a: argparse.Namespace) -> int:
+    from stream.settings import load_settings
+    from stream.store import RedisStore, StoreConfig
+    from stream.worker import redis_client
+
+    settings = load_settings()
+    store = RedisStore(redis_client(settings), StoreConfig(settings.redis_prefix))
+    rows = []
+    for pkey in store.partitions():
+        for eid in store.alert_ids(pkey)[-a.limit:]:
+            alert = store.alert(pkey, eid)
+            if alert:
+                alert["reasons"] = orjson.loads(alert["reasons"])
+                alert["event"] = orjson.loads(alert["event"])
+                rows.append(alert)
+    rows.sort(key=lambda r: int(r["ts"]), reverse=True)
+    for row in rows[:a.limit]:
+        sys.stdout.write(orjson.dumps(row).decode() + "\n")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher", required=True, help="teacher artifact directory")
     d.add_argument("--out", required=True, help="student artifact directory")
     d.add_argument("--family", choices=("trees", "linear"), help="force a student family (default: best on validation)")
-    d.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature (default 2)")
+    d.add_argument("--temperature", type=float, default=10.0, help="soft-target temperature (default 10)")
     d.add_argument("--augment", type=float, default=1.0, help="augmented rows per training row (default 1)")
     d.add_argument("--noise", type=float, default=0.05, help="augmentation noise, in feature std units (default 0.05)")
     d.add_argument("--leaf-budget", type=_fraction, default=0.02, help="student leaves as a fraction of the teacher's (default 0.02)")
@@ -176,6 +249,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", required=True, help="report directory (report.md, metrics.json, PNG plots)")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     e.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser("worker", help="score Kafka events and write alerts to Redis (settings: TXWATCH_* env)")
+    w.add_argument("--runner", choices=("faust", "plain"), default="faust",
+                   help="faust agent (default) or the plain aiokafka loop over the same core")
+    w.set_defaults(func=cmd_worker)
+
+    r = sub.add_parser("replay", help="publish an events file to Kafka, keyed by account_id")
+    r.add_argument("--events", required=True, help="events file (.jsonl or .parquet)")
+    r.add_argument("--topic", help="topic (default: the first of TXWATCH_INPUT_TOPICS)")
+    r.add_argument("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible (default)")
+    r.add_argument("--limit", type=_positive_int, help="stop after this many events")
+    r.set_defaults(func=cmd_replay)
+
+    dm = sub.add_parser("demo", help="everything end to end on embedded Kafka and Redis (or the configured ones)")
+    dm.add_argument("--events", type=_positive_int, default=150_000, help="simulated events over all days (default 150000)")
+    dm.add_argument("--accounts", type=_positive_int, default=1_500, help="accounts (default 1500)")
+    dm.add_argument("--days", type=_positive_int, default=14, help="days of history before the fresh day (default 14)")
+    dm.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    dm.add_argument("--workdir", default="runs/demo", help="where data, models and the worker log go (default runs/demo)")
+    dm.add_argument("--runner", choices=("faust", "plain"), default="faust", help="worker runner (default faust)")
+    dm.add_argument("--rate", type=float, default=0.0, help="fresh-day replay rate in events/s; 0 = as fast as possible")
+    dm.add_argument("--teacher-trees", type=_positive_int, default=800, help="teacher tree cap (default 800)")
+    dm.add_argument("--keep", action="store_true", help="keep the servers running after the summary until Ctrl-C")
+    dm.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    dm.set_defaults(func=cmd_demo)
+
+    al = sub.add_parser("alerts", help="newest alerts from Redis as JSON lines (TXWATCH_REDIS_URL)")
+    al.add_argument("--limit", type=_positive_int, default=20, help="how many (default 20)")
+    al.set_defaults(func=cmd_alerts)
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     bsub = b.add_subparsers(dest="target", required=True, metavar="TARGET")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from stream.features import (
-    FEATURE_INDEX, FEATURE_NAMES, GAP_NONE, MAX_ADDRESSES, MAX_DEVICES, N_FEATURES,
+    FEATURE_INDEX, FEATURE_NAMES, GAP_NONE, MAX_ADDRESSES, MAX_DEVICES, MAX_STATE_BYTES, N_FEATURES,
     REPORTING_THRESHOLD_USD, AccountState, FeatureEngine, StateFormatError, update,
 )
 from stream.schema import Event
@@ -129,7 +129,7 @@ def test_state_size_is_bounded_regardless_of_history():
             sizes.append(len(s.to_bytes()))
     assert len(s.devices) <= MAX_DEVICES and len(s.addresses) <= MAX_ADDRESSES
     assert sizes[1] <= sizes[0] + 16  # only the bounded lists may still be filling up
-    assert sizes[1] < 600
+    assert sizes[1] <= MAX_STATE_BYTES < 800
 
 
 def test_foreign_state_bytes_are_refused():
@@ -148,3 +148,17 @@ def test_replay_matches_per_event_updates():
     rows = np.array([engine.process(e) for e in events])
     assert np.array_equal(rows, FeatureEngine().replay(events))
     assert np.all(np.isfinite(rows))
+
+
+def test_duplicates_and_very_late_events_are_not_admitted():
+    from stream.features import LATE_TOLERANCE_MS, admit
+    e1 = ev(1, T0 + 10 * LATE_TOLERANCE_MS)
+    s, _ = update(None, e1)
+    assert admit(s, e1) == "duplicate"
+    assert admit(s, ev(2, T0 + 10 * LATE_TOLERANCE_MS - LATE_TOLERANCE_MS)) is None  # at the tolerance
+    assert admit(s, ev(3, T0)).startswith("late by")
+    # The id window is bounded: after MAX_RECENT_IDS newer events, e1 is no longer recognised.
+    from stream.features import MAX_RECENT_IDS
+    for i in range(MAX_RECENT_IDS):
+        s, _ = update(s, ev(10 + i, T0 + 10 * LATE_TOLERANCE_MS + i))
+    assert admit(s, e1) is None

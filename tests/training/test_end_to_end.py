@@ -14,6 +14,7 @@ from stream.model import load_student
 from training import metrics as M
 from training.dataset import TEST
 from training.teacher import load_teacher
+from tests.conftest import LEAF_BUDGET
 from txwatch.cli import main
 
 
@@ -29,7 +30,7 @@ def test_student_agrees_with_teacher_on_held_out_events(models, dataset):
     X, y = dataset.part(TEST)
     rho = M.spearman(teacher.raw(X), student.raw(X))
     assert rho >= 0.9, rho
-    assert student.n_leaves <= 0.02 * teacher.n_leaves or student.family == "linear"
+    assert student.n_leaves <= LEAF_BUDGET * teacher.n_leaves or student.family == "linear"
     # It is a detector, not a constant: it ranks positives above negatives.
     assert M.roc_auc(y, student.score(X)) > 0.9
 
@@ -115,7 +116,7 @@ def table(tmp_path_factory):
     from sklearn.datasets import make_classification
     import pandas as pd
 
-    X, y = make_classification(n_samples=12_000, n_features=10, n_informative=6, weights=[0.95],
+    X, y = make_classification(n_samples=40_000, n_features=10, n_informative=6, weights=[0.95],
                                flip_y=0.01, random_state=3)
     df = pd.DataFrame(X, columns=[f"x{i}" for i in range(10)])
     df["is fraud"] = y
@@ -127,16 +128,18 @@ def table(tmp_path_factory):
 
 def test_tabular_mode_end_to_end(table, tmp_path, capsys):
     code, _, err = run(capsys, "train", "--events", table, "--label", "is fraud", "--out", tmp_path / "t",
-                       "--trees", 200, "--leaves", 15)
+                       "--trees", 400, "--learning-rate", 0.1, "--early-stopping", 50)
     assert code == 0, err
-    code, _, err = run(capsys, "distill", "--events", table, "--teacher", tmp_path / "t", "--out", tmp_path / "s")
+    code, _, err = run(capsys, "distill", "--events", table, "--teacher", tmp_path / "t", "--out", tmp_path / "s",
+                       "--leaf-budget", LEAF_BUDGET)
     assert code == 0, err
     code, out, err = run(capsys, "evaluate", "--model", tmp_path / "s", "--events", table,
                          "--report", tmp_path / "rep", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["student"]["auprc"] > 0.5
-    assert result["agreement"]["spearman"] > 0.8
+    assert result["teacher"]["auprc"] > 0.5  # the data is learnable...
+    assert result["student"]["auprc"] >= 0.9 * result["teacher"]["auprc"]  # ...and the student learned it
+    assert result["agreement"]["spearman"] > 0.7
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["feature_mode"] == "table" and manifest["feature_names"][0] == "x0"
     assert "when" in manifest["feature_names"]  # without --time it is just another column
@@ -148,7 +151,12 @@ def test_tabular_time_split(table, tmp_path, capsys):
     assert code == 0, err
     m = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert "when" not in m["feature_names"]
-    assert m["training_data"]["splits"]["train"]["rows"] == 7200
+    from training.dataset import TRAIN, VALID, TEST, table_dataset
+    ds = table_dataset(table, "is fraud", time="when")
+    assert ds.ts[ds.split == TRAIN].max() < ds.ts[ds.split == VALID].min()
+    assert ds.ts[ds.split == VALID].max() < ds.ts[ds.split == TEST].min()
+    assert 0.55 < np.mean(ds.split == TRAIN) < 0.65
+    assert m["training_data"]["splits"]["train"]["rows"] == int(np.sum(ds.split == TRAIN))
 
 
 @pytest.mark.parametrize("argv,words", [

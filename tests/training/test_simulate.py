@@ -263,7 +263,16 @@ def test_bad_arguments_are_config_errors(args):
         simulate(*args)
 
 
-def test_progress_bar_goes_to_stderr(capsys):
+def test_progress_bar_goes_to_stderr_on_a_terminal(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     simulate(5_000, 50, 2, 1, progress=True)
     captured = capsys.readouterr()
     assert "simulate" in captured.err and not captured.out
+
+
+def test_no_progress_bar_in_logs(capsys):
+    simulate(5_000, 50, 2, 1, progress=True)  # stderr is not a terminal under pytest
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""

