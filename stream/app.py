@@ -35,9 +35,31 @@ def _credentials(settings: Settings):
     return faust.SSLCredentials(opts["ssl_context"])
 
 
+def _set_fetch_wait(ms: int) -> None:
+    """faust builds its aiokafka consumer with a fixed ``fetch_max_wait_ms=1500``.
+
+    Apache Kafka answers a fetch as soon as data arrives, so there it only sets the idle
+    poll period; the embedded broker holds every fetch for the full wait, which becomes
+    event latency. The wait is applied to the consumer faust creates, before it starts.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = getattr(cls, "_txwatch_original_create", cls._create_worker_consumer)
+
+    def create(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    cls._txwatch_original_create = original
+    cls._create_worker_consumer = create
+
+
 def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faust.App:
     """A faust app whose one agent scores the input topics in batches."""
     metrics = metrics or WorkerMetrics()
+    _set_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.group_id,
         broker=settings.kafka_url,

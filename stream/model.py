@@ -3,11 +3,11 @@
 Two student families share one interface (``raw``, ``score``, ``score_one``,
 ``reasons``; higher = more anomalous):
 
-* ``trees``: a small gradient-boosted ensemble stored as plain arrays (JSON). Batches
-  are scored by a vectorised numpy traversal of all trees at once; a single event by
-  Python code generated from the same arrays at load time (no per-call numpy overhead).
-  Decisions follow LightGBM's numerical-split rules exactly (``x <= threshold``; missing
-  values by the node's missing type and default direction), so scores equal LightGBM's.
+* ``trees``: a small gradient-boosted ensemble stored as plain arrays (JSON), scored by
+  compiled kernels (:mod:`stream.treekernels`, numba): batches in parallel over rows, a
+  single event without the thread pool. Decisions follow LightGBM's numerical-split rules
+  exactly (``x <= threshold``; missing values by the node's missing type and default
+  direction), so scores equal LightGBM's.
 * ``linear``: standardised features, one weight vector.
 
 Raw scores are mapped to probabilities by Platt scaling fitted on validation data.
@@ -15,7 +15,7 @@ Reason codes are per-feature contributions to the raw score: path attributions f
 (each split on the event's path credits its feature with the change in expected value),
 ``w * (x - mean) / scale`` for the linear model.
 
-This module needs numpy only: no LightGBM, no training code.
+This module needs numpy and numba only: no LightGBM, no training code.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
+from stream import treekernels
 from stream.artifact import read_artifact
 from stream.errors import ArtifactError
 from stream.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
 
 STUDENT_FILE = "student.json"
-MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
-_ZERO = 1e-35  # LightGBM's kZeroThreshold
+from stream.treekernels import MISSING_NONE
 
 
 class TreeEnsemble:
@@ -109,98 +109,39 @@ class TreeEnsemble:
                 depths.append(leaf_depth)
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 raise ArtifactError(f"tree {t}: malformed ({exc!r})") from None
-        self.feature = np.asarray(feat, dtype=np.intp)
+        self.feature = np.asarray(feat, dtype=np.int64)
         self.threshold = np.asarray(thr, dtype=np.float64)
-        self.left = np.asarray(left, dtype=np.intp)
-        self.right = np.asarray(right, dtype=np.intp)
+        self.left = np.asarray(left, dtype=np.int64)
+        self.right = np.asarray(right, dtype=np.int64)
         self.value = np.asarray(value, dtype=np.float64)
-        self.default_left = np.asarray(dleft, dtype=bool)
+        self.default_left = np.asarray(dleft, dtype=np.bool_)
         self.missing = np.asarray(miss, dtype=np.int8)
-        self.roots = np.asarray(roots, dtype=np.intp)
+        self.roots = np.asarray(roots, dtype=np.int64)
         self.max_depth = max(depths, default=0)
         self.n_features = n_features
         self.n_trees = len(trees)
         self.n_leaves = sum(len(t["leaf_value"]) for t in trees)
-        # Only the plain rule (NaN -> 0, then x <= threshold) is needed unless a node
-        # routes missing values by itself.
-        self._plain = not bool(np.any(self.missing != MISSING_NONE))
-        self.raw_one = self._compile_single()
-
-    def _go_left(self, x: np.ndarray, node: np.ndarray) -> np.ndarray:
-        thr = self.threshold[node]
-        if self._plain:
-            return x <= thr
-        miss = self.missing[node]
-        nan = np.isnan(x)
-        xv = np.where(nan & (miss != MISSING_NAN), 0.0, x)
-        is_missing = ((miss == MISSING_ZERO) & (np.abs(xv) <= _ZERO)) | ((miss == MISSING_NAN) & nan)
-        return np.where(is_missing, self.default_left[node], xv <= thr)
-
-    def _leaves(self, X: np.ndarray, record: np.ndarray | None = None) -> np.ndarray:
-        n = X.shape[0]
-        if self._plain and np.isnan(X).any():
-            X = np.nan_to_num(X, nan=0.0, posinf=np.inf, neginf=-np.inf)
-        flat = X.ravel()
-        base = (np.arange(n, dtype=np.intp) * X.shape[1])[:, None]
-        node = np.broadcast_to(self.roots, (n, self.n_trees)).copy()
-        for _ in range(self.max_depth):
-            x = flat[base + self.feature[node]]
-            nxt = np.where(self._go_left(x, node), self.left[node], self.right[node])
-            if record is not None:
-                rows = np.repeat(np.arange(n), self.n_trees)
-                np.add.at(record, (rows, self.feature[node].ravel()),
-                          (self.value[nxt] - self.value[node]).ravel())
-            node = nxt
-        return node
+        self._nodes = (self.roots, treekernels.pack(self.feature, self.threshold, self.left, self.right,
+                                                    self.value, self.default_left, self.missing))
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         """Raw scores (log-odds) of a 2-D float64 batch."""
         if X.shape[0] == 0:
             return np.zeros(0)
-        return self.value[self._leaves(X)].sum(axis=1)
+        if X.shape[1] != self.n_features:
+            raise ValueError(f"expected {self.n_features} features, got {X.shape[1]}")
+        return treekernels.raw_batch(X, *self._nodes)
+
+    def raw_one(self, x: Sequence[float]) -> float:
+        """Raw score of one row (any float sequence of the right length)."""
+        row = np.asarray(x, dtype=np.float64)
+        if row.shape != (self.n_features,):
+            raise ValueError(f"expected {self.n_features} features, got shape {row.shape}")
+        return treekernels.raw_single(row, *self._nodes)
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Per-feature path contributions, shape ``(n, n_features)``."""
-        out = np.zeros((X.shape[0], self.n_features))
-        if X.shape[0]:
-            self._leaves(X, record=out)
-        return out
-
-    def _compile_single(self):
-        """Generate straight-line Python for one row (``x`` is any float sequence)."""
-        lines = ["def raw_one(x):"]
-        if self._plain:  # one NaN check per row, then bare comparisons
-            lines += ["    t = sum(x)", "    if t != t:", "        x = [v if v == v else 0.0 for v in x]"]
-        lines.append("    s = 0.0")
-
-        def emit(node: int, indent: str) -> None:
-            if self.left[node] == node:
-                lines.append(f"{indent}s += {float(self.value[node])!r}")
-                return
-            f, t = int(self.feature[node]), float(self.threshold[node])
-            miss, dl = int(self.missing[node]), bool(self.default_left[node])
-            xv = f"x[{f}]"
-            if self._plain:
-                cond = f"{xv} <= {t!r}"
-            elif miss == MISSING_NONE:
-                cond = f"({xv} if {xv} == {xv} else 0.0) <= {t!r}"
-            elif miss == MISSING_NAN:
-                cond = f"not ({xv} > {t!r})" if dl else f"{xv} <= {t!r}"
-            else:
-                zero = f"(({xv} if {xv} == {xv} else 0.0) if abs({xv} if {xv} == {xv} else 0.0) > {_ZERO!r} else None)"
-                cond = (f"({zero} is None) or {zero} <= {t!r}" if dl
-                        else f"({zero} is not None) and {zero} <= {t!r}")
-            lines.append(f"{indent}if {cond}:")
-            emit(int(self.left[node]), indent + "    ")
-            lines.append(f"{indent}else:")
-            emit(int(self.right[node]), indent + "    ")
-
-        for root in self.roots:
-            emit(int(root), "    ")
-        lines.append("    return s")
-        namespace: dict[str, Any] = {}
-        exec(compile("\n".join(lines), "<txwatch-student>", "exec"), namespace)  # noqa: S102
-        return namespace["raw_one"]
+        return treekernels.contributions(X, *self._nodes, self.n_features)
 
 
 class LinearModel:

@@ -1,17 +1,20 @@
 """The plain aiokafka runner: the same core as the faust agent, without faust's per-event cost.
 
 ``getmany`` returns batches per partition; each batch goes through
-:meth:`stream.worker.WorkerCore.handle` (Redis commit first) and only then are its Kafka
-offsets committed. Offsets are committed explicitly; auto-commit is off.
+:meth:`stream.worker.WorkerCore.handle` (Redis commit first); only offsets of batches
+already in Redis are committed to Kafka, explicitly (auto-commit is off), at most every
+``commit_interval_s`` and on shutdown. Redis holds the applied offsets, so a Kafka commit
+only sets where a restarted consumer resumes; replays below the Redis offset are no-ops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
 
 from stream.errors import ServiceUnavailable
 from stream.metrics import WorkerMetrics
@@ -59,6 +62,7 @@ async def run_plain(settings: Settings, *, metrics: WorkerMetrics | None = None,
     consumer = AIOKafkaConsumer(
         *settings.topics, bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
         enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.batch_max,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
         heartbeat_interval_ms=int(min(3.0, settings.session_timeout_s / 3) * 1000),
@@ -73,25 +77,42 @@ async def run_plain(settings: Settings, *, metrics: WorkerMetrics | None = None,
         consumer.subscribe(settings.topics, listener=_Revoker(ref))
         await consumer.start()
         try:
-            timeout_ms = int(settings.batch_within_s * 1000)
+            timeout_ms = max(1, int(settings.batch_within_s * 1000))
+            pending: dict = {}
+            last_commit = time.monotonic()
             while stop is None or not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=settings.batch_max)
-                if not batch:
-                    continue
-                records = [Record(tp.topic, tp.partition, m.offset, m.value, m.key, m.timestamp)
-                           for tp, msgs in batch.items() for m in msgs]
-                await core.handle(records)
-                await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
-                for tp in batch:
-                    high = consumer.highwater(tp)
-                    if high is not None:
-                        pos = await consumer.position(tp)
-                        metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - pos, 0))
+                if batch:
+                    records = [Record(tp.topic, tp.partition, m.offset, m.value, m.key, m.timestamp)
+                               for tp, msgs in batch.items() for m in msgs]
+                    await core.handle(records)  # durably in Redis when this returns
+                    for tp, msgs in batch.items():
+                        pending[tp] = msgs[-1].offset + 1
+                        high = consumer.highwater(tp)
+                        if high is not None:
+                            metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - pending[tp], 0))
+                if pending and time.monotonic() - last_commit >= settings.commit_interval_s:
+                    await _commit(consumer, pending)
+                    last_commit = time.monotonic()
+            if pending:
+                await _commit(consumer, pending)
         finally:
             await consumer.stop()
     finally:
         await producer.stop()
     return core
+
+
+async def _commit(consumer: AIOKafkaConsumer, pending: dict) -> None:
+    """Commit the offsets of batches already stored in Redis (only still-assigned partitions)."""
+    owned = consumer.assignment()
+    offsets = {tp: off for tp, off in pending.items() if tp in owned}
+    pending.clear()
+    if offsets:
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:  # rebalanced meanwhile: Redis offsets still fence replays
+            log.warning("offset commit skipped after a rebalance: %s", exc)
 
 
 def run_plain_worker(settings: Settings) -> None:

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     alerts_topic: str = Field("txwatch.alerts", description="alerts, for other consumers (key: event_id)")
     group_id: str = Field("txwatch", description="consumer group of the workers")
     session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
+    fetch_max_wait_ms: int = Field(5, ge=0, le=1000, description="longest a fetch waits for data; the embedded broker "
+                                                                 "holds every fetch this long, so it bounds latency there")
     rebalance_timeout_s: float = Field(10.0, gt=0, description="consumer group rebalance timeout")
 
     # -- Redis ------------------------------------------------------------------------
@@ -48,7 +50,7 @@ class Settings(BaseSettings):
     model_dir: str = Field("runs/student", description="student artifact directory")
     model_poll_s: float = Field(5.0, gt=0, description="how often the worker checks for a new model")
     batch_max: int = Field(2000, ge=1, description="events per scoring batch at most")
-    batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
+    batch_within_s: float = Field(0.01, gt=0, description="longest wait to fill a batch (adds up to this much latency)")
     reasons_k: int = Field(3, ge=1, le=10, description="reason codes stored with each alert")
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
 
@@ -56,6 +58,8 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     log_interval_s: float = Field(10.0, gt=0, description="period of the one-line progress log")
     retry_max_s: float = Field(30.0, gt=0, description="longest backoff between retries of a failed Redis write")
+    commit_interval_s: float = Field(1.0, gt=0, description="plain runner: how often Kafka offsets are committed "
+                                                            "(Redis holds the applied offsets; this sets the restart point)")
 
     @field_validator("kafka_security_protocol")
     @classmethod

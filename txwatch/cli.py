@@ -119,6 +119,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         _print_json(bench_models(a.events, a.model, teacher_dir=a.teacher, calls=a.calls, log=_log(a.quiet)))
         return 0
+    if a.target == "stream":
+        from stream.bench import bench_stream
+
+        _setup_logging(True)
+        _print_json(bench_stream(a.events, a.model, n=a.n, partitions=a.partitions, latency_rate=a.latency_rate,
+                                 latency_seconds=a.latency_seconds, log=_log(a.quiet)))
+        return 0
     raise TxwatchError(f"unknown benchmark {a.target!r}")
 
 
@@ -286,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--model", required=True, help="student artifact directory")
     bm.add_argument("--teacher", help="teacher directory (default: recorded in the student)")
     bm.add_argument("--calls", type=_positive_int, default=10_000, help="single-event calls to time (default 10000)")
+    bs = bsub.add_parser("stream", help="worker throughput, faust/transport ceilings, latency, RSS, scale-out")
+    bs.add_argument("--events", required=True, help="events file to publish (.jsonl or .parquet)")
+    bs.add_argument("--model", required=True, help="student artifact directory")
+    bs.add_argument("--n", type=_positive_int, default=200_000, help="events per throughput phase (default 200000)")
+    bs.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the bench topic (default 4)")
+    bs.add_argument("--latency-rate", type=float, default=2000.0, help="offered events/s in the latency phase (default 2000)")
+    bs.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency phase (default 30)")
     b.set_defaults(func=cmd_bench)
     return p
 

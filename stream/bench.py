@@ -1,0 +1,315 @@
+"""``txwatch bench stream``: throughput, latency and memory of the stream path, as one JSON object.
+
+Everything runs in one invocation against the same broker and Redis (embedded unless
+``TXWATCH_KAFKA_URL`` / ``TXWATCH_REDIS_URL`` are set), on the same events:
+
+* ``aiokafka_drain``: a bare aiokafka group consumer reading the topic (transport ceiling);
+* ``faust_noop``: a faust agent doing nothing but ``stream.take`` (faust's own ceiling);
+* ``core_plain``: the pipeline core (parse, features, score, one Redis script per partition
+  batch, offset commit) driven by the plain aiokafka runner, no faust;
+* ``faust_worker``: one ``txwatch worker`` process (faust runner), end to end;
+* ``latency``: produce time to alert readable in Redis (the alert's pub/sub message,
+  published inside the commit script) at a fixed offered rate, on a caught-up worker;
+* ``scale_out``: two faust worker processes in one group on the same topic;
+* worker peak RSS (``VmHWM``) of the worker processes.
+
+Rates exclude start-up and group joins: they are counted from the first processed batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import orjson
+
+from stream.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _env(s: Settings) -> dict:
+    env = dict(os.environ)
+    for name, value in s.model_dump().items():
+        if value is not None:
+            env[f"TXWATCH_{name.upper()}"] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    return env
+
+
+async def _produce(s: Settings, topic: str, payloads: list[bytes], keys: list[bytes | None]) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks=1, linger_ms=10,
+                                max_batch_size=512 * 1024, **s.kafka_client_options())
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        futures = []
+        for value, key in zip(payloads, keys):
+            futures.append(await producer.send(topic, value, key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - t0
+
+
+async def _drain(s: Settings, topic: str, n: int) -> dict:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap_servers, group_id=f"drain-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                session_timeout_ms=6000, rebalance_timeout_ms=6000, max_poll_records=5000,
+                                **s.kafka_client_options())
+    await consumer.start()
+    count = first = 0
+    t0 = None
+    try:
+        while count < n:
+            batch = await consumer.getmany(timeout_ms=50, max_records=5000)
+            got = sum(len(v) for v in batch.values())
+            if got and t0 is None:
+                t0, first = time.perf_counter(), got
+            count += got
+        elapsed = time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+    return {"records": count, "seconds": round(elapsed, 3), "events_per_s": round((count - first) / elapsed)}
+
+
+def _processed(client, s: Settings, topic: str) -> int:
+    total = 0
+    for p in range(s.partitions):
+        raw = client.get(f"{s.redis_prefix}:{{{topic}:{p}}}:offset")
+        total += 0 if raw is None else int(raw) + 1
+    return total
+
+
+def _wait_rate(client, s: Settings, topic: str, n: int, procs: list, timeout: float = 600) -> dict:
+    """Poll stored offsets: rate from the first processed record to the n-th."""
+    t0 = None
+    first = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        done = _processed(client, s, topic)
+        now = time.perf_counter()
+        if done and t0 is None:
+            t0, first = now, done
+        if done >= n:
+            elapsed = max(now - t0, 1e-9)
+            return {"records": done, "seconds": round(elapsed, 3),
+                    "events_per_s": round((done - first) / elapsed) if done > first else None}
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"worker exited with {p.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {n} processed")
+        time.sleep(0.01)
+
+
+def _start_worker(s: Settings, runner: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "txwatch", "worker", "--runner", runner], env=_env(s),
+                            cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitions: int = 4,
+                 latency_rate: float = 2000.0, latency_seconds: float = 30.0, workdir: str = "runs/bench",
+                 log: Callable[[str], None] = lambda m: None) -> dict:
+    """Run every phase; return the JSON-ready result."""
+    import redis
+
+    from stream.embedded import EmbeddedKafka, EmbeddedRedis
+    from stream.model import load_student
+    from stream.replay import account_key, iter_lines
+    from stream.runner import run_plain
+    from stream.worker import ensure_topics
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    base = load_settings()
+    payloads: list[bytes] = []
+    for line in iter_lines(events_path):
+        payloads.append(line)
+        if len(payloads) >= n:
+            break
+    keys = [account_key(p) for p in payloads]
+    n = len(payloads)
+    student = load_student(model_dir)
+    result: dict = {"benchmark": "stream", "events": n, "partitions": partitions, "model": student.version,
+                    "machine": {"cpus": os.cpu_count()}}
+    with ExitStack() as stack:
+        overrides: dict = {}
+        if not base.kafka_url:
+            overrides["kafka_url"] = stack.enter_context(EmbeddedKafka()).url
+        if not base.redis_url:
+            overrides["redis_url"] = stack.enter_context(EmbeddedRedis()).url
+        result["broker"] = "embedded Tansu" if not base.kafka_url else "configured"
+        tag = uuid.uuid4().hex[:6]
+        topic = f"bench-{tag}"
+
+        def settings_for(name: str, **kw) -> Settings:
+            return load_settings(**{**overrides, "input_topics": topic, "partitions": partitions,
+                                    "group_id": f"{name}-{tag}", "redis_prefix": f"bench-{name}-{tag}",
+                                    "dead_letter_topic": f"{topic}-dlq", "alerts_topic": f"{topic}-alerts",
+                                    "model_dir": model_dir, "metrics_port": 0, "session_timeout_s": 6,
+                                    "rebalance_timeout_s": 6, "log_interval_s": 5, **kw})
+
+        s0 = settings_for("setup")
+        ensure_topics(s0)
+        client = redis.Redis.from_url(s0.redis_url)
+        log(f"producing {n:,} events to {topic} ({partitions} partitions)")
+        seconds = asyncio.run(_produce(s0, topic, payloads, keys))
+        result["produce"] = {"seconds": round(seconds, 3), "events_per_s": round(n / seconds)}
+
+        log("bare aiokafka drain")
+        result["aiokafka_drain"] = asyncio.run(_drain(s0, topic, n))
+
+        log("no-op faust agent (stream.take only)")
+        noop_env = _env(settings_for("noop"))
+        done = subprocess.run([sys.executable, "-m", "stream.bench_noop", topic, str(n), "5000"], env=noop_env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        result["faust_noop"] = orjson.loads(lines[-1]) if lines else {"error": done.stderr[-500:]}
+
+        log("pipeline core on the plain aiokafka runner")
+        s_plain = settings_for("plain")
+        stop = asyncio.Event()
+        rate_box: dict = {}
+
+        def watch() -> None:
+            rate_box.update(_wait_rate(client, s_plain, topic, n, []))
+            stop.set()
+
+        async def plain() -> None:
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            task = asyncio.create_task(run_plain(s_plain, stop=stop))
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await task
+
+        asyncio.run(plain())
+        result["core_plain"] = rate_box
+
+        log("one faust worker, end to end")
+        s_faust = settings_for("faust")
+        worker = _start_worker(s_faust, "faust", work / "faust_worker.log")
+        try:
+            result["faust_worker"] = _wait_rate(client, s_faust, topic, n, [worker])
+            result["faust_worker"]["peak_rss_mb"] = _peak_rss_mb(worker.pid)
+
+            log(f"latency at {latency_rate:,.0f} events/s offered for {latency_seconds:.0f}s")
+            result["latency"] = _latency(s_faust, client, topic, payloads, keys, latency_rate, latency_seconds, worker)
+            result["faust_worker"]["peak_rss_mb_after_latency"] = _peak_rss_mb(worker.pid)
+        finally:
+            _stop(worker)
+
+        log("two faust workers in one group")
+        s_two = settings_for("two")
+        workers = [_start_worker(s_two, "faust", work / f"worker{i}.log") for i in range(2)]
+        try:
+            time.sleep(1.0)
+            result["scale_out"] = _wait_rate(client, s_two, topic, n, workers)
+            result["scale_out"]["workers"] = 2
+            result["scale_out"]["peak_rss_mb"] = [_peak_rss_mb(w.pid) for w in workers]
+        finally:
+            for w in workers:
+                _stop(w)
+
+    fw, noop = result.get("faust_worker", {}), result.get("faust_noop", {})
+    if fw.get("events_per_s") and noop.get("events_per_s"):
+        result["ratios"] = {
+            "faust_worker_over_noop": round(fw["events_per_s"] / noop["events_per_s"], 3),
+            "two_workers_over_one": round(result["scale_out"]["events_per_s"] / fw["events_per_s"], 3)
+            if result.get("scale_out", {}).get("events_per_s") else None,
+        }
+    return result
+
+
+def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list, rate: float,
+             seconds: float, worker: subprocess.Popen) -> dict:
+    """Offer events at ``rate``; time produce -> alert pub/sub message for every alert."""
+    from kafka import KafkaProducer
+
+    count = min(len(payloads), int(rate * seconds))
+    # Fresh event ids and current times, so these are new events for the caught-up worker.
+    now_ms = int(time.time() * 1000)
+    base_ts = None
+    fresh = []
+    for i, p in enumerate(payloads[:count]):
+        d = orjson.loads(p)
+        if base_ts is None:
+            base_ts = d.get("ts", now_ms) if isinstance(d.get("ts"), int) else now_ms
+        d["event_id"] = f"lat-{i}-{d.get('event_id')}"
+        if isinstance(d.get("ts"), int):
+            d["ts"] = now_ms + (d["ts"] - base_ts) // 1000  # same order, compressed into the run
+        fresh.append(orjson.dumps(d))
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{s.redis_prefix}:alerts:live")
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(timeout=0.1)
+            if msg and msg["type"] == "message":
+                t = time.perf_counter()
+                eid = orjson.loads(msg["data"])["event_id"]
+                if eid in sent:
+                    latencies.append(t - sent[eid])
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks=1, linger_ms=0, **s.kafka_client_options())
+    ids = [orjson.loads(p)["event_id"] for p in fresh]
+    t0 = time.perf_counter()
+    for i, (value, key, eid) in enumerate(zip(fresh, keys, ids)):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent[eid] = time.perf_counter()
+        producer.send(topic, value=value, key=key)
+        if i % 50 == 0:
+            producer.flush()
+    producer.flush()
+    offered = count / (time.perf_counter() - t0)
+    producer.close()
+    time.sleep(2.0)
+    stop.set()
+    listener.join(2)
+    pubsub.close()
+    lat = np.array(latencies) * 1000
+    out = {"offered_events_per_s": round(offered), "events": count, "alerts_timed": int(len(lat))}
+    if len(lat):
+        out.update({"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
+                    "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2)})
+    return out

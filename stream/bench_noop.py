@@ -1,0 +1,44 @@
+"""A faust app whose agent does nothing but ``stream.take`` (``txwatch bench stream``'s baseline).
+
+Run as ``python -m stream.bench_noop TOPIC N BATCH``: it counts records and, when N have
+arrived, prints one JSON line ``{"records", "seconds", "events_per_s"}`` measured from the
+first batch (so start-up and group join are excluded) and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import faust
+
+
+def main() -> None:
+    topic_name, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    app = faust.App(os.environ["TXWATCH_GROUP_ID"], broker=os.environ["TXWATCH_KAFKA_URL"], store="memory://",
+                    web_enabled=False, consumer_auto_offset_reset="earliest",
+                    broker_session_timeout=6.0, broker_rebalance_timeout=6.0)
+    topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    seen = {"n": 0, "t0": None, "first": 0}
+
+    @app.agent(topic)
+    async def noop(stream):
+        async for values in stream.take(batch, within=0.05):
+            now = time.perf_counter()
+            if seen["t0"] is None:
+                seen["t0"], seen["first"] = now, len(values)
+            seen["n"] += len(values)
+            if seen["n"] >= n:
+                elapsed = now - seen["t0"]
+                counted = seen["n"] - seen["first"]
+                print(json.dumps({"records": seen["n"], "seconds": round(elapsed, 3),
+                                  "events_per_s": round(counted / elapsed) if elapsed > 0 else None}), flush=True)
+                os._exit(0)
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
