@@ -26,7 +26,7 @@ import numpy as np
 from stream.errors import InvalidEvent
 from stream.features import N_FEATURES, AccountState, StateFormatError, admit, update
 from stream.model import Student
-from stream.schema import Event, parse_event
+from stream.schema import MAX_EVENT_BYTES, Event, parse_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +125,9 @@ class Pipeline:
     """Parse -> features -> score for batches of one partition; no I/O of its own."""
 
     def __init__(self, student: Student, source: StateSource, *, reasons_k: int = 3,
-                 max_cached_accounts: int = 1_000_000) -> None:
+                 max_cached_accounts: int = 1_000_000, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.student = student
+        self.max_event_bytes = max_event_bytes
         self.source = source
         self.reasons_k = reasons_k
         self.max_cached_accounts = max_cached_accounts
@@ -178,7 +179,7 @@ class Pipeline:
                                               None, b"", r.key))
                 continue
             try:
-                events.append(parse_event(r.value))
+                events.append(parse_event(r.value, self.max_event_bytes))
                 sources.append(r)
             except InvalidEvent as exc:
                 result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,

@@ -172,10 +172,10 @@ def event_from_dict(d: Any) -> Event:
     )
 
 
-def parse_event(raw: bytes | bytearray | memoryview | str) -> Event:
+def parse_event(raw: bytes | bytearray | memoryview | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     """Parse one JSON-encoded event; raise ``InvalidEvent`` with a precise reason."""
-    if len(raw) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"payload of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"payload of {len(raw)} bytes exceeds {max_bytes}")
     try:
         d = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

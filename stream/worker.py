@@ -154,7 +154,8 @@ class WorkerCore:
         self.publish = publish
         self.metrics = metrics or WorkerMetrics()
         self.watcher = watcher
-        self.pipeline = Pipeline(student, store, reasons_k=settings.reasons_k)
+        self.pipeline = Pipeline(student, store, reasons_k=settings.reasons_k,
+                                 max_event_bytes=settings.max_event_bytes)
         self._next_poll = time.monotonic() + settings.model_poll_s
         self._next_log = time.monotonic() + settings.log_interval_s
 

@@ -169,6 +169,28 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repartition(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream.repartition import run_repartition
+    from stream.settings import load_settings
+    from stream.worker import ensure_topics
+
+    _setup_logging(a.quiet)
+    settings = load_settings()
+    if not settings.kafka_url:
+        raise TxwatchError("set TXWATCH_KAFKA_URL")
+    target = a.target or settings.topics[0]
+    if target == a.source:
+        raise TxwatchError("--source and the keyed topic must differ")
+    ensure_topics(settings.model_copy(update={"input_topics": target}))
+    try:
+        asyncio.run(run_repartition(settings, a.source, target))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from txwatch.demo import run_demo
 
@@ -268,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible (default)")
     r.add_argument("--limit", type=_positive_int, help="stop after this many events")
     r.set_defaults(func=cmd_replay)
+
+    rp = sub.add_parser("repartition", help="re-key a topic by account_id for the workers (TXWATCH_* env)")
+    rp.add_argument("--source", required=True, help="topic whose records are not keyed by account_id")
+    rp.add_argument("--target", help="keyed topic (default: the first of TXWATCH_INPUT_TOPICS)")
+    rp.set_defaults(func=cmd_repartition)
 
     dm = sub.add_parser("demo", help="everything end to end on embedded Kafka and Redis (or the configured ones)")
     dm.add_argument("--events", type=_positive_int, default=150_000, help="simulated events over all days (default 150000)")

@@ -172,3 +172,42 @@ def test_unreachable_redis_is_one_clear_error(settings, tmp_path):
     assert done.returncode == 2
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_repartition_keys_by_account_and_dead_letters_the_rest(settings, models, stream_events):
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from stream.repartition import run_repartition
+
+    source = settings.topics[0] + "-unkeyed"
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin.create_topics([NewTopic(source, 1, 1)])  # one partition: the source order is the order
+    admin.close()
+    part = stream_events[:3000]
+    from kafka import KafkaProducer
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    for i, e in enumerate(part):  # keyed by something else: round-robin by event index
+        producer.send(source, value=orjson.dumps(e), key=str(i % 7).encode())
+    producer.send(source, value=b'{"no_account": 1}', key=b"x")
+    producer.flush()
+    producer.close()
+
+    async def main():
+        stop = asyncio.Event()
+        rep = asyncio.create_task(run_repartition(settings, source, settings.topics[0], stop=stop))
+        deadline = time.monotonic() + 60
+        while processed(settings) < len(part) and time.monotonic() < deadline:
+            if not hasattr(main, "worker"):
+                main.worker = asyncio.create_task(run_plain(settings, stop=stop))
+            await asyncio.sleep(0.2)
+        stop.set()
+        await main.worker
+        return await rep
+
+    counts = asyncio.run(main())
+    assert counts == {"routed": len(part), "dead": 1}
+    expected, states = offline(models, part)
+    assert set(alert_ids(settings)) == expected
+    assert stored_states(settings) == states
+    dead = consume_all(settings, settings.dead_letter_topic, 1)
+    assert [dict(d.headers)["txwatch-reason"] for d in dead] == [b"account_id: missing or not a string"]

@@ -129,3 +129,11 @@ def test_model_reload_picks_up_new_and_refuses_broken(models, tmp_path):
     assert watcher.poll() is None
     assert metrics.value(metrics.reloads, result="refused") == 1
     assert metrics.value(metrics.reloads, result="ok") == 2
+
+
+def test_max_event_bytes_setting_is_applied(models, small_events, tmp_path):
+    core, journal, store = make_core(models, tmp_path, max_event_bytes=300)
+    big = orjson.dumps({**small_events[0], "note": "x" * 400})
+    asyncio.run(core.handle(records([small_events[1], big])))
+    dead = [e for e in journal.log if e[0] == "kafka" and e[1] == core.settings.dead_letter_topic]
+    assert len(dead) == 1 and b"exceeds 300" in dead[0][4]["txwatch-reason"]
