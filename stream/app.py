@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import faust
 
@@ -99,7 +100,14 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
             records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.value,
                               e.message.key, int(e.message.timestamp * 1000) if e.message.timestamp else None)
                        for e in events]
-            await core.handle(records)
+            try:
+                await core.handle(records)
+            except Exception:  # a bug, not bad data (bad data is dead-lettered inside)
+                # A crashed faust agent leaves the process up but idle. Exit instead, so the
+                # supervisor restarts the worker; Redis offsets make the restart replay-safe.
+                log.critical("worker stopping after an unexpected error", exc_info=True)
+                logging.shutdown()
+                os._exit(70)
 
     @app.timer(interval=2.0)
     async def report_lag() -> None:

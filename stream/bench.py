@@ -195,8 +195,9 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         noop_env = _env(settings_for("noop"))
         done = subprocess.run([sys.executable, "-m", "stream.bench_noop", topic, str(n), "5000"], env=noop_env,
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
-        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-        result["faust_noop"] = orjson.loads(lines[-1]) if lines else {"error": done.stderr[-500:]}
+        # faust may prefix the line with its log header: take the JSON object in it.
+        lines = [ln[ln.index("{"):] for ln in done.stdout.splitlines() if '{"records"' in ln]
+        result["faust_noop"] = orjson.loads(lines[-1]) if lines else {"error": (done.stdout + done.stderr)[-500:]}
 
         log("pipeline core on the plain aiokafka runner")
         s_plain = settings_for("plain")
@@ -269,7 +270,7 @@ def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list,
             base_ts = d.get("ts", now_ms) if isinstance(d.get("ts"), int) else now_ms
         d["event_id"] = f"lat-{i}-{d.get('event_id')}"
         if isinstance(d.get("ts"), int):
-            d["ts"] = now_ms + (d["ts"] - base_ts) // 1000  # same order, compressed into the run
+            d["ts"] = now_ms + (d["ts"] - base_ts)  # same history, shifted to after the catch-up
         fresh.append(orjson.dumps(d))
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{s.redis_prefix}:alerts:live")

@@ -96,6 +96,19 @@ class MemoryStore:
                 added.append(a.event_id)
         return added
 
+    def commit_many(self, results: list[BatchResult]) -> list[list[str] | FenceError]:
+        """Like :meth:`RedisStore.commit_many`."""
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ServiceUnavailable("memory store: injected failure")
+        out: list[list[str] | FenceError] = []
+        for r in results:
+            try:
+                out.append(self.commit(r))
+            except FenceError as exc:
+                out.append(exc)
+        return out
+
     def all_alerts(self) -> dict[str, dict[str, Any]]:
         """Every alert by event id."""
         return {k: v for part in self.alerts.values() for k, v in part.items()}
@@ -197,13 +210,7 @@ class RedisStore:
         return [e.decode() for e in self.client.zrange(self.key(pkey, "alerts:by_time"), 0, -1)]
 
     # -- the atomic write ---------------------------------------------------------------
-    def commit(self, result: BatchResult) -> list[str]:
-        """Apply a batch in one script; return the newly added alert ids.
-
-        Raises ``FenceError`` if the stored offset is not the one the batch started from.
-        """
-        if result.empty:
-            return []
+    def _script_call(self, result: BatchResult) -> tuple[list[str], list[Any]]:
         pkey = result.partition_key
         now = int(time.time() * 1000)
         args: list[Any] = [result.first_offset, result.last_offset, self.key(pkey, "alert:"),
@@ -217,8 +224,36 @@ class RedisStore:
         args.append(pkey)
         keys = [self.key(pkey, "offset"), self.key(pkey, "state"), self.key(pkey, "alerts"),
                 self.key(pkey, "alerts:by_time"), self.live_channel, self.partitions_key]
-        reply = self._commit(keys=keys, args=args)
+        return keys, args
+
+    @staticmethod
+    def _added(result: BatchResult, reply) -> list[str] | FenceError:
         if reply and reply[0] == -1:
-            raise FenceError(f"{pkey}: stored offset is {reply[1]}, this worker expected "
-                             f"{result.first_offset}; the partition moved to another worker")
+            return FenceError(f"{result.partition_key}: stored offset is {reply[1]}, this worker expected "
+                              f"{result.first_offset}; the partition moved to another worker")
         return [e.decode() if isinstance(e, bytes) else e for e in reply[1:]]
+
+    def commit(self, result: BatchResult) -> list[str]:
+        """Apply a batch in one script; return the newly added alert ids.
+
+        Raises ``FenceError`` if the stored offset is not the one the batch started from.
+        """
+        outcome = self.commit_many([result])[0]
+        if isinstance(outcome, FenceError):
+            raise outcome
+        return outcome
+
+    def commit_many(self, results: list[BatchResult]) -> list[list[str] | FenceError]:
+        """Apply several partitions' batches in one round trip (one atomic script each).
+
+        Returns, per result, the newly added alert ids or the ``FenceError`` it met.
+        """
+        live = [r for r in results if not r.empty]
+        if not live:
+            return [[] for _ in results]
+        pipe = self.client.pipeline(transaction=False)
+        for r in live:
+            keys, args = self._script_call(r)
+            self._commit(keys=keys, args=args, client=pipe)
+        replies = iter(pipe.execute())
+        return [[] if r.empty else self._added(r, next(replies)) for r in results]

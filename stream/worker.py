@@ -182,54 +182,70 @@ class WorkerCore:
                 delay = min(delay * 2, self.settings.retry_max_s)
 
     async def handle(self, records: Sequence[Record]) -> list[BatchResult]:
-        """Process a batch (any partitions); return once everything is durably stored."""
+        """Process a batch (any partitions); return once everything is durably stored.
+
+        All partitions of the batch share one Kafka produce (dead letters, alerts) and one
+        Redis round trip (one atomic script per partition, pipelined), so the fixed cost
+        per batch does not grow with the number of partitions in it.
+        """
         self._maybe_reload()
         groups: dict[tuple[str, int], list[Record]] = {}
         for r in records:
             groups.setdefault((r.topic, r.partition), []).append(r)
-        results = []
-        for group in groups.values():
-            results.append(await self._handle_partition(group))
+        pending = list(groups.values())
+        done: list[tuple[BatchResult, list[Record], list[str]]] = []
+        while pending:
+            results = []
+            for group in pending:
+                results.append(await self._retry("reading states", lambda g=group: self.pipeline.process(g)))
+            await self._publish(results)
+            outcomes = await self._retry("writing the batch to Redis", lambda: self.store.commit_many(results))
+            retry = []
+            for group, result, outcome in zip(pending, results, outcomes):
+                if isinstance(outcome, FenceError):
+                    # Another worker wrote this partition: forget our view and redo from the store.
+                    log.warning("%s; reloading the partition's state", outcome)
+                    self.pipeline.revoke(result.partition_key)
+                    retry.append(group)
+                else:
+                    self.pipeline.committed(result)
+                    done.append((result, group, outcome))
+            pending = retry
+        self._count(done)
         self._maybe_log()
-        return results
+        return [result for result, _, _ in done]
 
-    async def _handle_partition(self, group: list[Record]) -> BatchResult:
+    async def _publish(self, results: list[BatchResult]) -> None:
+        dead = [(d.key, d.value, [("txwatch-reason", d.reason.encode()),
+                                  ("txwatch-field", (d.field or "").encode()),
+                                  ("txwatch-source", f"{d.topic}:{d.partition}:{d.offset}".encode())])
+                for r in results for d in r.dead]
+        alerts = [(a.event_id.encode(), orjson.dumps(a.to_dict()), []) for r in results for a in r.alerts]
+        sends = []
+        if dead:
+            sends.append(self.publish(self.settings.dead_letter_topic, dead))
+        if alerts:
+            sends.append(self.publish(self.settings.alerts_topic, alerts))
+        if sends:
+            await asyncio.gather(*sends)
+
+    def _count(self, done: list[tuple[BatchResult, list[Record], list[str]]]) -> None:
         m = self.metrics
-        while True:
-            result: BatchResult = await self._retry("reading states", lambda: self.pipeline.process(group))
-            if result.dead:
-                await self.publish(self.settings.dead_letter_topic, [
-                    (d.key, d.value, [("txwatch-reason", d.reason.encode()),
-                                      ("txwatch-field", (d.field or "").encode()),
-                                      ("txwatch-source", f"{d.topic}:{d.partition}:{d.offset}".encode())])
-                    for d in result.dead])
-            if result.alerts:
-                await self.publish(self.settings.alerts_topic, [
-                    (a.event_id.encode(), orjson.dumps(a.to_dict()), []) for a in result.alerts])
-            try:
-                added = await self._retry("writing the batch to Redis", lambda: self.store.commit(result))
-            except FenceError as exc:
-                # Another worker wrote this partition: forget our view and redo from the store.
-                log.warning("%s; reloading the partition's state", exc)
-                self.pipeline.revoke(result.partition_key)
-                continue
-            break
-        self.pipeline.committed(result)
         now = time.time()
-        m.events.labels(outcome="scored").inc(result.scored)
-        m.events.labels(outcome="skipped").inc(result.skipped)
-        m.events.labels(outcome="duplicate").inc(result.duplicates)
-        if result.dead:
-            m.events.labels(outcome="dead").inc(len(result.dead))
-            for d in result.dead:
-                m.dead.labels(reason=(d.field or d.reason.split(":")[0])[:40]).inc()
-        m.alerts.inc(len(added))
-        if result.scored:
-            m.batch_seconds.observe(result.score_seconds)
-            ts = group[-1].timestamp_ms
-            if ts:
-                m.latency.observe(max(now - ts / 1000.0, 0.0))
-        return result
+        for result, group, added in done:
+            m.events.labels(outcome="scored").inc(result.scored)
+            m.events.labels(outcome="skipped").inc(result.skipped)
+            m.events.labels(outcome="duplicate").inc(result.duplicates)
+            if result.dead:
+                m.events.labels(outcome="dead").inc(len(result.dead))
+                for d in result.dead:
+                    m.dead.labels(reason=(d.field or d.reason.split(":")[0])[:40]).inc()
+            m.alerts.inc(len(added))
+            if result.scored:
+                m.batch_seconds.observe(result.score_seconds)
+                ts = group[-1].timestamp_ms
+                if ts:
+                    m.latency.observe(max(now - ts / 1000.0, 0.0))
 
     def _maybe_reload(self) -> None:
         if self.watcher is None or time.monotonic() < self._next_poll:
