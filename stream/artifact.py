@@ -47,6 +47,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
+def version_stamp(created_at: str) -> str:
+    """``2026-11-24T21:25:50+00:00`` -> ``20261124T212550`` (for model versions)."""
+    return created_at.replace(":", "").replace("-", "")[:15]
+
+
 def write_artifact(out_dir: str | os.PathLike, files: dict[str, bytes], manifest: dict[str, Any]) -> Path:
     """Write ``files`` and a manifest (with their sha256) to ``out_dir`` atomically.
 

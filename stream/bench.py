@@ -196,7 +196,8 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         done = subprocess.run([sys.executable, "-m", "stream.bench_noop", topic, str(n), "5000"], env=noop_env,
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
         # faust may prefix the line with its log header: take the JSON object in it.
-        lines = [ln[ln.index("{"):] for ln in done.stdout.splitlines() if '{"records"' in ln]
+        output = done.stdout + "\n" + done.stderr  # faust routes stdout into its log (stderr)
+        lines = [ln[ln.index('{"records"'):] for ln in output.splitlines() if '{"records"' in ln]
         result["faust_noop"] = orjson.loads(lines[-1]) if lines else {"error": (done.stdout + done.stderr)[-500:]}
 
         log("pipeline core on the plain aiokafka runner")

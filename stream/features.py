@@ -307,7 +307,16 @@ def update(state: AccountState | None, ev: Event) -> tuple[AccountState, list[fl
         dt = (ts - s.last_ts) * 0.001
     t = s.last_ts
     gap_prev = _log1p((ts - t) * 0.001) if t >= 0.0 else GAP_NONE
-    t = (s.t_dep, s.t_wd, s.t_trade, s.t_xfer, s.t_login)[etype]
+    if etype == 0:
+        t = s.t_dep
+    elif etype == 1:
+        t = s.t_wd
+    elif etype == 2:
+        t = s.t_trade
+    elif etype == 3:
+        t = s.t_xfer
+    else:
+        t = s.t_login
     gap_same = _log1p((ts - t) * 0.001) if t >= 0.0 else GAP_NONE
     t = s.t_dep
     gap_dep = _log1p((ts - t) * 0.001) if t >= 0.0 else GAP_NONE
@@ -350,9 +359,23 @@ def update(state: AccountState | None, ev: Event) -> tuple[AccountState, list[fl
             s.var = (1.0 - EWMA_ALPHA) * (s.var + EWMA_ALPHA * diff * diff)
 
     # Novelty of session context and payout address.
-    new_dev = _seen(s.devices, ev.device_id, MAX_DEVICES) if ev.device_id else 0.0
-    new_ip = _seen(s.ips, ev.ip, MAX_IPS) if ev.ip else 0.0
-    new_cty = _seen(s.countries, ev.country, MAX_COUNTRIES) if ev.country else 0.0
+    # Fast path inline: most events repeat the account's most recent device/IP/country.
+    new_dev = new_ip = new_cty = 0.0
+    text = ev.device_id
+    if text:
+        lst = s.devices
+        if not (lst and lst[0] == _HASHES.get(text)):
+            new_dev = _seen(lst, text, MAX_DEVICES)
+    text = ev.ip
+    if text:
+        lst = s.ips
+        if not (lst and lst[0] == _HASHES.get(text)):
+            new_ip = _seen(lst, text, MAX_IPS)
+    text = ev.country
+    if text:
+        lst = s.countries
+        if not (lst and lst[0] == _HASHES.get(text)):
+            new_cty = _seen(lst, text, MAX_COUNTRIES)
     if first:
         new_dev = new_ip = new_cty = 0.0  # everything is new on an account's first event
     if new_dev or new_ip or new_cty:

@@ -123,6 +123,11 @@ class TreeEnsemble:
         self.n_leaves = sum(len(t["leaf_value"]) for t in trees)
         self._nodes = (self.roots, treekernels.pack(self.feature, self.threshold, self.left, self.right,
                                                     self.value, self.default_left, self.missing))
+        # Models whose nodes never route missing values (every event-mode model: its
+        # features are always finite) get the interleaved branch-free batch kernel.
+        self.plain = not bool(np.any(self.missing != MISSING_NONE))
+        self._plain = (treekernels.layout(self.roots, self.feature, self.threshold, self.left, self.right,
+                                          self.value) if self.plain else None)
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         """Raw scores (log-odds) of a 2-D float64 batch."""
@@ -130,6 +135,8 @@ class TreeEnsemble:
             return np.zeros(0)
         if X.shape[1] != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got {X.shape[1]}")
+        if self._plain is not None:
+            return treekernels.raw_batch_plain(X, *self._plain)
         return treekernels.raw_batch(X, *self._nodes)
 
     def raw_one(self, x: Sequence[float]) -> float:

@@ -72,6 +72,15 @@ class Dataset:
         if y_train.min() == y_train.max():
             raise DataError(f"{self.source}: the training split has only label {int(y_train[0])}")
 
+    def manifest_base(self) -> dict:
+        """The manifest fields that describe the data a model was trained on."""
+        training = {"path": os.path.abspath(self.source), "sha256": self.fingerprint, "splits": self.describe()}
+        if self.mode == "table":
+            training["table"] = self.meta
+        return {"feature_mode": self.mode, "feature_names": list(self.feature_names),
+                "feature_schema_hash": self.feature_schema_hash, "schema_version": 1,
+                "training_data": training}
+
     def describe(self) -> dict:
         """Row and positive counts per split (JSON-ready)."""
         out = {}

@@ -964,7 +964,6 @@ class _Simulator:
         scale = 10.0 ** _ASSET_DECIMALS[asset]
         amount = np.round(amount * scale) / scale
         usd_value = np.round(amount * market, 4)
-        trade = etype == TRADE
         spread = np.minimum(np.abs(rng.normal(0, _SPREAD_SIGMA, len(ts))), _SPREAD_MAX)
         sign = np.where(cols["side"] == 1, -1.0, 1.0)
         price = np.where(np.isnan(cols["price"]), np.round(market * (1 + sign * spread), 6),

@@ -15,7 +15,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from stream.artifact import read_artifact, utc_now, write_artifact
+from stream.artifact import read_artifact, utc_now, version_stamp, write_artifact
 from stream.errors import ArtifactError
 from training.dataset import TRAIN, VALID, Dataset
 
@@ -127,16 +127,12 @@ def save_teacher(out_dir: str | os.PathLike, trainer: TeacherTrainer, ds: Datase
     from training.metrics import auprc
 
     best = lgb.Booster(model_str=text.decode())
+    created = utc_now()
     manifest = {
         "kind": "teacher",
-        "model_version": f"teacher-{utc_now().replace(':', '').replace('-', '')[:15]}",
-        "created_at": utc_now(),
-        "feature_mode": ds.mode,
-        "feature_names": list(ds.feature_names),
-        "feature_schema_hash": ds.feature_schema_hash,
-        "schema_version": 1,
-        "training_data": {"path": os.path.abspath(ds.source), "sha256": ds.fingerprint,
-                          "splits": ds.describe(), **({"table": ds.meta} if ds.mode == "table" else {})},
+        "model_version": f"teacher-{version_stamp(created)}",
+        "created_at": created,
+        **ds.manifest_base(),
         "params": {k: v for k, v in trainer.params_.items() if k != "num_threads"},
         "size": {"trees": best.num_trees(), "leaves": count_leaves(best), "bytes": len(text)},
         "metrics": {"valid_auprc": auprc(y_val, best.predict(X_val))},

@@ -87,7 +87,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
         raise TxwatchError(f"{a.teacher} was trained for another feature schema than {a.events} provides")
     distill(ds, teacher, a.out, family=a.family, temperature=a.temperature,
             augment_factor=a.augment, noise=a.noise, leaf_budget=a.leaf_budget,
-            alert_rate=a.alert_rate, precision=a.precision, seed=a.seed, log=log)
+            alert_rate=a.alert_rate, precision=a.precision, tree_leaves=a.student_leaves,
+            tree_learning_rate=a.student_learning_rate, seed=a.seed, log=log)
     log(f"student -> {a.out}")
     return 0
 
@@ -262,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--temperature", type=float, default=10.0, help="soft-target temperature (default 10)")
     d.add_argument("--augment", type=float, default=1.0, help="augmented rows per training row (default 1)")
     d.add_argument("--noise", type=float, default=0.05, help="augmentation noise, in feature std units (default 0.05)")
-    d.add_argument("--leaf-budget", type=_fraction, default=0.02, help="student leaves as a fraction of the teacher's (default 0.02)")
+    d.add_argument("--leaf-budget", type=_fraction, default=0.01, help="student leaves as a fraction of the teacher's (default 0.01)")
+    d.add_argument("--student-leaves", type=_positive_int, help="leaves per student tree (default 7)")
+    d.add_argument("--student-learning-rate", type=float, help="student learning rate (default 0.3)")
     target = d.add_mutually_exclusive_group()
     target.add_argument("--alert-rate", type=_fraction, default=0.01, help="alert threshold target: fraction of events alerted (default 0.01)")
     target.add_argument("--precision", type=_fraction, help="alert threshold target: validation precision instead")

@@ -172,10 +172,13 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
         log(f"alerts: {len(fresh_alerts):,} on the fresh day; precision {summary['fresh_day_precision']}, "
             f"recall {summary['fresh_day_recall']} against the simulator's labels")
         sample = sorted(fresh_alerts)[:3]
+        sample_key = None
         for eid in sample:
             for p in range(settings.partitions):
-                h = client.hgetall(f"{settings.redis_prefix}:{{{topic}:{p}}}:alert:{eid}")
+                key = f"{settings.redis_prefix}:{{{topic}:{p}}}:alert:{eid}"
+                h = client.hgetall(key)
                 if h:
+                    sample_key = sample_key or key
                     ev = orjson.loads(h[b"event"])
                     reasons = ", ".join(f"{r['feature']} (+{r['contribution']:.2f})" for r in orjson.loads(h[b"reasons"]))
                     log(f"  alert {eid}: {ev['type']} {ev['usd_value']:,.0f} USD by {ev['account_id']}, "
@@ -185,8 +188,8 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
         log("read alerts in Redis (keys per partition; see README 'Alerts in Redis'):")
         log(f"  redis-cli -p {port} SMEMBERS {settings.redis_prefix}:partitions")
         log(f"  redis-cli -p {port} XREVRANGE '{settings.redis_prefix}:{{{topic}:0}}:alerts' + - COUNT 5")
-        if sample:
-            log(f"  redis-cli -p {port} HGETALL '{settings.redis_prefix}:{{{topic}:?}}:alert:{sample[0]}'")
+        if sample_key:
+            log(f"  redis-cli -p {port} HGETALL '{sample_key}'")
         log(f"  TXWATCH_REDIS_URL={settings.redis_url} txwatch alerts --limit 10")
         if keep:
             log("servers keep running; press Ctrl-C to stop them")

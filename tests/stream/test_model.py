@@ -4,7 +4,7 @@ import pytest
 
 from stream.artifact import write_artifact
 from stream.errors import ArtifactError
-from stream.model import STUDENT_FILE, LinearModel, Student, TreeEnsemble, load_student, student_payload_bytes
+from stream.model import STUDENT_FILE, LinearModel, TreeEnsemble, load_student, student_payload_bytes
 from training.distill import trees_from_model_string
 
 
@@ -31,7 +31,12 @@ def test_batch_scores_equal_lightgbm(data):
     X, y = data
     b = booster(X, y)
     ens = ensemble(b, X.shape[1])
-    np.testing.assert_allclose(ens.raw(X), b.predict(X, raw_score=True), rtol=0, atol=1e-9)
+    assert ens.plain  # no missing values in training: the interleaved kernel is used
+    for n in (1, 7, 8, 9, 1000, len(X)):  # partial and full blocks
+        np.testing.assert_allclose(ens.raw(X[:n]), b.predict(X[:n], raw_score=True), rtol=0, atol=1e-9)
+    with_nan = X[:100].copy()
+    with_nan[::3, 2] = np.nan
+    np.testing.assert_allclose(ens.raw(with_nan), b.predict(with_nan, raw_score=True), rtol=0, atol=1e-9)
 
 
 def test_missing_values_follow_lightgbm_rules(data):
@@ -40,6 +45,7 @@ def test_missing_values_follow_lightgbm_rules(data):
     Xn[::5, 0] = np.nan  # seen in training -> NaN missing type, learned default direction
     b = booster(Xn, y)
     ens = ensemble(b, X.shape[1])
+    assert not ens.plain
     probe = X[:500].copy()
     probe[::3, 0] = np.nan
     probe[::7, 1] = np.nan  # never missing in training -> treated as 0

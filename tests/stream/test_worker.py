@@ -7,7 +7,6 @@ import json
 import shutil
 
 import orjson
-import pytest
 
 from stream.metrics import WorkerMetrics
 from stream.model import load_student
