@@ -48,11 +48,7 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 def _env(s: Settings) -> dict:
-    env = dict(os.environ)
-    for name, value in s.model_dump().items():
-        if value is not None:
-            env[f"TXWATCH_{name.upper()}"] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    return env
+    return dict(os.environ) | s.to_env()
 
 
 async def _produce(s: Settings, topic: str, payloads: list[bytes], keys: list[bytes | None]) -> float:

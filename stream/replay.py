@@ -70,6 +70,8 @@ def replay(settings: Settings, path: str | Path, topic: str, rate: float = 0.0, 
     """Publish every line of ``path`` to ``topic``; return counts and the achieved rate."""
     if rate < 0:
         raise DataError("--rate must be >= 0")
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
     from tqdm import tqdm
 
     producer = kafka_producer(settings)

@@ -101,6 +101,15 @@ class Settings(BaseSettings):
             opts["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
         return opts
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``TXWATCH_*`` variables, for a worker started as a subprocess."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+                env[f"TXWATCH_{name.upper()}"] = str(secret)
+        return env
+
     def redacted_redis_url(self) -> str:
         """The Redis URL with any password in it masked (for logs and errors)."""
         parts = urlsplit(self.redis_url)

@@ -54,12 +54,7 @@ def settings(kafka, redis_server, models) -> Settings:
 
 def env_for(s: Settings, **extra) -> dict:
     """The environment a worker subprocess reads these settings from."""
-    env = dict(os.environ)
-    for name, value in s.model_dump().items():
-        if value is not None:
-            env[f"TXWATCH_{name.upper()}"] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+    return dict(os.environ) | s.to_env() | {k: str(v) for k, v in extra.items()}
 
 
 def start_worker(s: Settings, runner: str, log_path: Path, **extra) -> subprocess.Popen:
