@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 
 import faust
 
@@ -93,6 +94,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
 
     @app.agent(topic, name="score")
     async def score(stream) -> None:
+        _own_log_handler()
         core = state.get("core")
         if core is None:
             core = state["core"] = build_core(settings, publish, metrics)
@@ -124,8 +126,28 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     return app
 
 
+def _own_log_handler() -> None:
+    """faust configures the root handler at its (quiet) level; txwatch's INFO lines, such
+    as the periodic progress line, get a handler of their own."""
+    logger = logging.getLogger("txwatch")
+    if not any(getattr(h, "_txwatch", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._txwatch = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def run_faust_worker(settings: Settings) -> None:
     """Create topics, serve metrics, and run the faust worker until stopped."""
+    # faust's consumer runs in its own thread next to the CPU-bound agent; with CPython's
+    # default 5 ms switch interval the consumer waits that long for the GIL each time it
+    # wakes (measured in `bench stream`, README).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     ensure_topics(settings)
     metrics = WorkerMetrics()
     app = create_app(settings, metrics)

@@ -136,6 +136,8 @@ class TreeEnsemble:
         if X.shape[1] != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got {X.shape[1]}")
         if self._plain is not None:
+            if X.shape[0] < treekernels.PARALLEL_MIN_ROWS:
+                return treekernels.raw_batch_plain_serial(X, *self._plain)
             return treekernels.raw_batch_plain(X, *self._plain)
         return treekernels.raw_batch(X, *self._nodes)
 

@@ -137,10 +137,9 @@ def layout(roots, feature, threshold, left, right, value) -> tuple[np.ndarray, n
             np.ascontiguousarray(np.asarray(rows, dtype=np.float64)))
 
 
-@nb.njit(cache=True, parallel=True)
-def raw_batch_plain(X, roots, depths, table):
+def _raw_batch_plain(X, roots, depths, table):
     """Raw scores of a batch for models whose nodes never route missing values themselves
-    (NaN reads as 0, as LightGBM does for them): rows in blocks of ``BLOCK``, in parallel."""
+    (NaN reads as 0, as LightGBM does for them): rows in blocks of ``BLOCK``."""
     n = X.shape[0]
     out = np.zeros(n)
     n_blocks = (n + BLOCK - 1) // BLOCK
@@ -165,3 +164,10 @@ def raw_batch_plain(X, roots, depths, table):
         for j in range(width):
             out[start + j] = acc[j]
     return out
+
+
+# One body, two compilations: the parallel one pays a thread-pool launch per call, which
+# costs more than it saves on the small batches a busy stream worker scores.
+raw_batch_plain = nb.njit(cache=True, parallel=True)(_raw_batch_plain)
+raw_batch_plain_serial = nb.njit(cache=True)(_raw_batch_plain)
+PARALLEL_MIN_ROWS = 512

@@ -135,6 +135,8 @@ def test_faust_worker_scores_and_hot_reloads(settings, models, stream_events, tm
         assert worker.poll() is None
         log = (tmp_path / "worker.log").read_text()
         assert "model reload refused" in log and "sha256 mismatch" in log
+        assert "model reloaded: student-hot-v2" in log  # INFO lines reach the log under faust
+        assert "events=" in log and "alerts=" in log  # the periodic one-line progress log
     finally:
         worker.terminate()
         worker.wait(20)

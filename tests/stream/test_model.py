@@ -32,7 +32,7 @@ def test_batch_scores_equal_lightgbm(data):
     b = booster(X, y)
     ens = ensemble(b, X.shape[1])
     assert ens.plain  # no missing values in training: the interleaved kernel is used
-    for n in (1, 7, 8, 9, 1000, len(X)):  # partial and full blocks
+    for n in (1, 7, 8, 9, 511, 512, 1000, len(X)):  # partial/full blocks, serial/parallel kernels
         np.testing.assert_allclose(ens.raw(X[:n]), b.predict(X[:n], raw_score=True), rtol=0, atol=1e-9)
     with_nan = X[:100].copy()
     with_nan[::3, 2] = np.nan
