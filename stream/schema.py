@@ -146,7 +146,7 @@ def event_from_dict(d: Any) -> Event:
     ts = _timestamp(d.get("ts"))
     account_id = _string(d, "account_id", True)
     etype = d.get("type")
-    if etype not in TYPE_INDEX:
+    if type(etype) is not str or etype not in TYPE_INDEX:  # str first: a list is unhashable
         if etype is None:
             raise InvalidEvent("missing required field", "type")
         raise InvalidEvent(f"unknown event type {str(etype)[:40]!r}", "type")

@@ -51,3 +51,11 @@ def models(tmp_path_factory, dataset) -> dict[str, Path]:
     teacher = load_teacher(root / "teacher")
     distill(dataset, teacher, root / "student", leaf_budget=LEAF_BUDGET, log=lambda m: None)
     return {"teacher": root / "teacher", "student": root / "student"}
+
+
+@pytest.fixture(scope="session")
+def models_student(models):
+    """The small student, loaded and verified."""
+    from stream.model import load_student
+
+    return load_student(models["student"])

@@ -1,0 +1,94 @@
+"""Hostile input (issue 4, parser part): property-based fuzzing of the parser and the pipeline.
+
+Whatever arrives, ``parse_event`` returns an Event or raises InvalidEvent with a reason,
+and the pipeline dead-letters it with that reason while the valid events around it are
+still scored. No other exception may escape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream.errors import InvalidEvent
+from stream.pipeline import Pipeline, Record
+from stream.schema import EVENT_TYPES, Event, event_from_dict, parse_event
+from stream.store import MemoryStore
+
+GOOD = {"event_id": "e1", "ts": 1767571200000, "account_id": "a1", "type": "deposit",
+        "asset": "BTC", "amount": 1.0, "usd_value": 100.0}
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
+)
+json_values = st.recursive(json_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+field_values = st.one_of(json_values, st.sampled_from(list(EVENT_TYPES) + ["buy", "sell", "", "\x00", "é" * 300]),
+                         st.integers(min_value=0, max_value=2**63), st.just(1e308), st.just(-0.0))
+event_like = st.fixed_dictionaries({}, optional={k: field_values for k in list(GOOD) + ["side", "price", "label"]})
+
+
+def check(raw: bytes) -> Event | None:
+    try:
+        return parse_event(raw)
+    except InvalidEvent as exc:
+        assert str(exc)  # a reason, always
+        return None
+
+
+@settings(max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_random_bytes(raw):
+    check(raw)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_random_json_documents(value):
+    try:
+        raw = json.dumps(value, allow_nan=True).encode()
+    except (ValueError, OverflowError):
+        return
+    check(raw)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_like)
+def test_event_shaped_dicts(d):
+    # Straight to the validator: NaN, infinities and huge numbers arrive as Python values.
+    try:
+        ev = event_from_dict(d)
+    except InvalidEvent as exc:
+        assert str(exc)
+        return
+    assert ev.type in EVENT_TYPES
+    assert math.isfinite(ev.amount) and ev.amount >= 0 and math.isfinite(ev.usd_value)
+
+
+def test_deep_nesting_huge_values_and_odd_unicode():
+    cases = [b"[" * 5000 + b"]" * 5000, orjson.dumps({**GOOD, "asset": "x" * 1_000_000}),
+             orjson.dumps({**GOOD, "account_id": "\ud7ff\U0010ffff"}), b'{"ts": 1e999}',
+             b'{"amount": 123456789012345678901234567890}', orjson.dumps({**GOOD, "type": ["deposit"]}),
+             orjson.dumps({**GOOD, "type": {"a": 1}}), orjson.dumps({**GOOD, "label": [1]})]
+    for raw in cases:
+        check(raw)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.binary(max_size=60), event_like.map(lambda d: json.dumps(d, default=str).encode())),
+                min_size=1, max_size=20))
+def test_pipeline_dead_letters_garbage_and_scores_the_rest(models_student, garbage):
+    store = MemoryStore()
+    pipe = Pipeline(models_student, store)
+    good = [orjson.dumps({**GOOD, "event_id": f"ok-{i}", "ts": GOOD["ts"] + i}) for i in range(3)]
+    values = [good[0], *garbage, good[1], good[2]]
+    records = [Record("t", 0, i, v, b"k") for i, v in enumerate(values)]
+    result = pipe.process(records)
+    assert set(result.event_ids) >= {"ok-0", "ok-1", "ok-2"}
+    assert result.scored + len(result.dead) + result.duplicates == len(values)
+    assert all(d.reason for d in result.dead)
