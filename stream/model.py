@@ -41,8 +41,7 @@ class TreeEnsemble:
 
     def __init__(self, trees: list[dict[str, list]], n_features: int) -> None:
         feat, thr, left, right, value, dleft, miss = [], [], [], [], [], [], []
-        roots, depths = [], []
-        self.trees = trees
+        roots = []
         for t, tree in enumerate(trees):
             try:
                 offset = len(feat)
@@ -52,7 +51,6 @@ class TreeEnsemble:
                 leaf_counts = [float(c) for c in tree.get("leaf_count", [1.0] * n_leaves)]
                 if n_inner == 0:
                     roots.append(offset)
-                    depths.append(0)
                     feat.append(0); thr.append(0.0); left.append(offset); right.append(offset)
                     value.append(leaf_values[0]); dleft.append(True); miss.append(MISSING_NONE)
                     continue
@@ -67,16 +65,15 @@ class TreeEnsemble:
                 # Expected value of each inner node: leaf values weighted by training counts.
                 inner_sum = [0.0] * n_inner
                 inner_cnt = [0.0] * n_inner
-                depth = [0] * n_inner
                 order = [0]
                 for i in order:  # breadth-first; children are appended as found
+                    if len(order) > n_inner:
+                        break  # a cycle or shared child: refused below, never loops forever
                     for child in (lc[i], rc[i]):
                         if child >= 0:
-                            depth[child] = depth[i] + 1
                             order.append(child)
-                if len(order) != n_inner:
+                if len(order) != n_inner or len(set(order)) != n_inner:
                     raise ArtifactError(f"tree {t}: inner nodes are not one connected tree")
-                leaf_depth = 0
                 for i in reversed(order):
                     for child in (lc[i], rc[i]):
                         if child >= 0:
@@ -86,7 +83,6 @@ class TreeEnsemble:
                             leaf = ~child
                             inner_sum[i] += leaf_values[leaf] * leaf_counts[leaf]
                             inner_cnt[i] += leaf_counts[leaf]
-                            leaf_depth = max(leaf_depth, depth[i] + 1)
                 for i in range(n_inner):
                     decision = int(dt[i])
                     if decision & 1:
@@ -106,7 +102,6 @@ class TreeEnsemble:
                     feat.append(0); thr.append(0.0); left.append(nid); right.append(nid)
                     value.append(leaf_values[j]); dleft.append(True); miss.append(MISSING_NONE)
                 roots.append(offset)
-                depths.append(leaf_depth)
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 raise ArtifactError(f"tree {t}: malformed ({exc!r})") from None
         self.feature = np.asarray(feat, dtype=np.int64)
@@ -117,7 +112,6 @@ class TreeEnsemble:
         self.default_left = np.asarray(dleft, dtype=np.bool_)
         self.missing = np.asarray(miss, dtype=np.int8)
         self.roots = np.asarray(roots, dtype=np.int64)
-        self.max_depth = max(depths, default=0)
         self.n_features = n_features
         self.n_trees = len(trees)
         self.n_leaves = sum(len(t["leaf_value"]) for t in trees)

@@ -141,3 +141,12 @@ def test_student_refuses_unknown_family_and_bad_trees(tmp_path):
                                          "decision_type": [2], "left_child": [-1], "right_child": [-2]}]}
     with pytest.raises(ArtifactError, match="feature 7"):
         _student(tmp_path, bad, ["a"])
+
+
+def test_cyclic_tree_is_refused_not_looped_over(tmp_path):
+    # A crafted artifact (hashes recomputed) whose child links form a cycle.
+    cyclic = {"family": "trees", "trees": [{"leaf_value": [0.0, 1.0, 2.0], "split_feature": [0, 0],
+                                             "threshold": [0.0, 1.0], "decision_type": [2, 2],
+                                             "left_child": [1, 0], "right_child": [-1, -2]}]}
+    with pytest.raises(ArtifactError, match="not one connected tree"):
+        _student(tmp_path, cyclic, ["a"])
