@@ -116,7 +116,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         consumer = app.consumer
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
-            pos = await consumer.position(tp) if hasattr(consumer, "position") else None
+            pos = await consumer.position(tp)
             if high is not None and pos is not None:
                 metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - pos, 0))
 

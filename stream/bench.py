@@ -91,21 +91,18 @@ async def _drain(s: Settings, topic: str, n: int) -> dict:
     return {"records": count, "seconds": round(elapsed, 3), "events_per_s": round((count - first) / elapsed)}
 
 
-def _processed(client, s: Settings, topic: str) -> int:
-    total = 0
-    for p in range(s.partitions):
-        raw = client.get(f"{s.redis_prefix}:{{{topic}:{p}}}:offset")
-        total += 0 if raw is None else int(raw) + 1
-    return total
-
-
 def _wait_rate(client, s: Settings, topic: str, n: int, procs: list, timeout: float = 600) -> dict:
     """Poll stored offsets: rate from the first processed record to the n-th."""
+    from stream.pipeline import partition_key
+    from stream.worker import redis_store
+
+    store = redis_store(s, client)
+    pkeys = [partition_key(topic, p) for p in range(s.partitions)]
     t0 = None
     first = 0
     deadline = time.monotonic() + timeout
     while True:
-        done = _processed(client, s, topic)
+        done = store.applied_count(pkeys)
         now = time.perf_counter()
         if done and t0 is None:
             t0, first = now, done

@@ -138,14 +138,6 @@ class Pipeline:
         """Forget a partition's cached states (it moved to another worker)."""
         self._parts.pop(pkey, None)
 
-    def revoke_all(self) -> None:
-        """Forget every cached state."""
-        self._parts.clear()
-
-    def applied_offset(self, pkey: str) -> int:
-        """Last offset applied for a partition (reads the store on first use)."""
-        return self._part(pkey).offset
-
     def _part(self, pkey: str) -> _PartitionCache:
         part = self._parts.get(pkey)
         if part is None:

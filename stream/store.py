@@ -196,6 +196,10 @@ class RedisStore:
         raw = self.client.get(self.key(pkey, "offset"))
         return -1 if raw is None else int(raw)
 
+    def applied_count(self, pkeys) -> int:
+        """Records applied over these partitions (offsets are 0-based; -1 means none)."""
+        return sum(self.offset(pkey) + 1 for pkey in pkeys)
+
     def partitions(self) -> list[str]:
         """Every partition that has written, sorted."""
         return sorted(p.decode() for p in self.client.smembers(self.partitions_key))

@@ -51,6 +51,12 @@ def redis_client(settings: Settings) -> redis.Redis:
     return client
 
 
+def redis_store(settings: Settings, client: redis.Redis | None = None) -> RedisStore:
+    """The store for these settings (key prefix, retention), on ``client`` or a new connection."""
+    config = StoreConfig(settings.redis_prefix, settings.alerts_maxlen, int(settings.alert_ttl_days * 86_400))
+    return RedisStore(client if client is not None else redis_client(settings), config)
+
+
 def ensure_topics(settings: Settings) -> None:
     """Create the input, dead-letter and alert topics (same partition count) if missing."""
     from kafka import KafkaAdminClient
@@ -59,7 +65,7 @@ def ensure_topics(settings: Settings) -> None:
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="txwatch-admin",
-                                 request_timeout_ms=15_000, **_kafka_python_security(settings))
+                                 request_timeout_ms=15_000, **settings.kafka_client_options())
     except KafkaError as exc:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_url}: {exc}") from None
     try:
@@ -74,11 +80,6 @@ def ensure_topics(settings: Settings) -> None:
             log.info("created topics %s with %d partitions", [t.name for t in new], settings.partitions)
     finally:
         admin.close()
-
-
-def _kafka_python_security(settings: Settings) -> dict:
-    opts = settings.kafka_client_options()
-    return opts
 
 
 class ModelWatcher:
@@ -270,6 +271,5 @@ def build_core(settings: Settings, publish: Publish, metrics: WorkerMetrics | No
         student = watcher.load_initial()
     except ArtifactError as exc:
         raise TxwatchError(f"cannot serve: {exc}") from None
-    store = RedisStore(client, StoreConfig(settings.redis_prefix, settings.alerts_maxlen,
-                                           int(settings.alert_ttl_days * 86_400)))
+    store = redis_store(settings, client)
     return WorkerCore(settings, store, student, publish, metrics, watcher)

@@ -206,11 +206,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_alerts(a: argparse.Namespace) -> int:
     from stream.settings import load_settings
-    from stream.store import RedisStore, StoreConfig
-    from stream.worker import redis_client
+    from stream.worker import redis_store
 
-    settings = load_settings()
-    store = RedisStore(redis_client(settings), StoreConfig(settings.redis_prefix))
+    store = redis_store(load_settings())
     rows = []
     for pkey in store.partitions():
         for eid in store.alert_ids(pkey)[-a.limit:]:

@@ -38,31 +38,25 @@ def _split_history(events: list[dict], cutoff_ms: int) -> tuple[list[dict], list
     return history, fresh
 
 
-def _processed(client, topic: str, partitions: int, prefix: str) -> int:
-    total = 0
-    for p in range(partitions):
-        raw = client.get(f"{prefix}:{{{topic}:{p}}}:offset")
-        if raw is not None:
-            total += int(raw) + 1
-    return total
+def _partitions(settings: Settings) -> list[str]:
+    from stream.pipeline import partition_key
+
+    return [partition_key(settings.topics[0], p) for p in range(settings.partitions)]
 
 
-def _alert_ids(client, topic: str, partitions: int, prefix: str) -> set[str]:
-    ids: set[str] = set()
-    for p in range(partitions):
-        ids |= {e.decode() for e in client.zrange(f"{prefix}:{{{topic}:{p}}}:alerts:by_time", 0, -1)}
-    return ids
+def _alert_ids(store, settings: Settings) -> set[str]:
+    return {eid for pkey in _partitions(settings) for eid in store.alert_ids(pkey)}
 
 
-def _wait_for(client, settings: Settings, target: int, worker: subprocess.Popen, log: Callable[[str], None],
+def _wait_for(store, settings: Settings, target: int, worker: subprocess.Popen, log: Callable[[str], None],
               label: str, timeout: float) -> float:
-    topic = settings.topics[0]
+    pkeys = _partitions(settings)
     t0 = time.monotonic()
-    first = last = _processed(client, topic, settings.partitions, settings.redis_prefix)
+    first = last = store.applied_count(pkeys)
     while True:
-        done = _processed(client, topic, settings.partitions, settings.redis_prefix)
+        done = store.applied_count(pkeys)
         if done != last:
-            n_alerts = len(_alert_ids(client, topic, settings.partitions, settings.redis_prefix))
+            n_alerts = len(_alert_ids(store, settings))
             rate = (done - first) / max(time.monotonic() - t0, 1e-9)
             log(f"  {label}: {done:,}/{target:,} events scored, {n_alerts:,} alerts ({rate:,.0f} events/s)")
             last = done
@@ -80,7 +74,7 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
     """Run the demo; return its summary (also printed through ``log``)."""
     from stream.embedded import EmbeddedKafka, EmbeddedRedis
     from stream.replay import replay
-    from stream.worker import ensure_topics, redis_client
+    from stream.worker import ensure_topics, redis_store
     from training.dataset import event_dataset
     from training.distill import distill
     from training.simulate import simulate, write_events
@@ -122,7 +116,7 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
 
         # -- stream ------------------------------------------------------------------------
         ensure_topics(settings)
-        client = redis_client(settings)
+        store = redis_store(settings)
         env = dict(os.environ, TXWATCH_KAFKA_URL=settings.kafka_url, TXWATCH_REDIS_URL=settings.redis_url,
                    TXWATCH_MODEL_DIR=settings.model_dir, TXWATCH_METRICS_PORT=str(settings.metrics_port),
                    TXWATCH_SESSION_TIMEOUT_S="6", TXWATCH_REBALANCE_TIMEOUT_S="6")
@@ -145,15 +139,15 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
         topic = settings.topics[0]
         log("replaying the history to warm per-account state")
         replay(settings, work / "history.jsonl", topic, 0.0, progress=False)
-        _wait_for(client, settings, len(history), worker, log, "history", timeout=1800)
+        _wait_for(store, settings, len(history), worker, log, "history", timeout=1800)
         log(f"replaying the fresh day ({'as fast as possible' if not rate else f'{rate:,.0f} events/s'})")
         t0 = time.monotonic()
         replay(settings, work / "fresh_day.jsonl", topic, rate, progress=False)
-        _wait_for(client, settings, len(all_events), worker, log, "fresh day", timeout=1800)
+        _wait_for(store, settings, len(all_events), worker, log, "fresh day", timeout=1800)
         seconds = time.monotonic() - t0
 
         # -- summary -------------------------------------------------------------------------
-        alerts = _alert_ids(client, topic, settings.partitions, settings.redis_prefix)
+        alerts = _alert_ids(store, settings)
         fresh_ids = {e["event_id"] for e in fresh}
         positives = {e["event_id"] for e in fresh if e["label"] == 1}
         fresh_alerts = alerts & fresh_ids
@@ -174,20 +168,19 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
         sample = sorted(fresh_alerts)[:3]
         sample_key = None
         for eid in sample:
-            for p in range(settings.partitions):
-                key = f"{settings.redis_prefix}:{{{topic}:{p}}}:alert:{eid}"
-                h = client.hgetall(key)
+            for pkey in _partitions(settings):
+                h = store.alert(pkey, eid)
                 if h:
-                    sample_key = sample_key or key
-                    ev = orjson.loads(h[b"event"])
-                    reasons = ", ".join(f"{r['feature']} (+{r['contribution']:.2f})" for r in orjson.loads(h[b"reasons"]))
+                    sample_key = sample_key or store.key(pkey, f"alert:{eid}")
+                    ev = orjson.loads(h["event"])
+                    reasons = ", ".join(f"{r['feature']} (+{r['contribution']:.2f})" for r in orjson.loads(h["reasons"]))
                     log(f"  alert {eid}: {ev['type']} {ev['usd_value']:,.0f} USD by {ev['account_id']}, "
-                        f"score {float(h[b'score']):.3f}, scenario {ev.get('scenario')}; reasons: {reasons}")
+                        f"score {float(h['score']):.3f}, scenario {ev.get('scenario')}; reasons: {reasons}")
         port = settings.redis_url.rsplit(":", 1)[-1].split("/")[0]
         log("")
         log("read alerts in Redis (keys per partition; see README 'Alerts in Redis'):")
         log(f"  redis-cli -p {port} SMEMBERS {settings.redis_prefix}:partitions")
-        log(f"  redis-cli -p {port} XREVRANGE '{settings.redis_prefix}:{{{topic}:0}}:alerts' + - COUNT 5")
+        log(f"  redis-cli -p {port} XREVRANGE '{store.key(_partitions(settings)[0], 'alerts')}' + - COUNT 5")
         if sample_key:
             log(f"  redis-cli -p {port} HGETALL '{sample_key}'")
         log(f"  TXWATCH_REDIS_URL={settings.redis_url} txwatch alerts --limit 10")

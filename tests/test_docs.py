@@ -1,0 +1,12 @@
+"""The README documents every setting the code declares (docs drift is a bug)."""
+
+from pathlib import Path
+
+from stream.settings import describe_settings
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_readme_table():
+    missing = [name for name, _, _ in describe_settings() if f"| `{name}` |" not in README]
+    assert not missing, missing
