@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # -- Operations ---------------------------------------------------------------------
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     log_interval_s: float = Field(10.0, gt=0, description="period of the one-line progress log")
-    retry_max_s: float = Field(30.0, gt=0, description="longest backoff between retries of a failed Redis write")
+    retry_max_s: float = Field(5.0, gt=0, description="longest backoff between retries of a failed Redis write (bounds how long after Redis returns the worker resumes)")
     commit_interval_s: float = Field(1.0, gt=0, description="plain runner: how often Kafka offsets are committed "
                                                             "(Redis holds the applied offsets; this sets the restart point)")
 

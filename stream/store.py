@@ -22,7 +22,9 @@ key                                 type    contents
 One Lua script applies a whole batch: it checks that the stored offset is the one the
 worker started from (a fence: a worker that lost the partition cannot overwrite newer
 state), stores states, offset and new alerts, skips alerts whose hash already exists
-(idempotent by event_id), and returns the ids it added. Scripts run atomically.
+(idempotent by event_id), and returns the ids it added. Scripts run atomically. A batch
+whose end offset is already stored was applied before (a retry after a lost reply) and
+changes nothing.
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ class MemoryStore:
         if self.fail_next:
             self.fail_next -= 1
             raise ServiceUnavailable("memory store: injected failure")
-        if result.empty:
-            return []
+        if result.empty or self.offsets.get(result.partition_key, -1) == result.last_offset:
+            return []  # (the second case: applied before, a retry after a lost reply)
         if self.offsets.get(result.partition_key, -1) != result.first_offset:
             raise FenceError(f"{result.partition_key}: stored offset moved")
         self.offsets[result.partition_key] = result.last_offset
@@ -116,6 +118,7 @@ class MemoryStore:
 
 _COMMIT_LUA = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if cur == tonumber(ARGV[2]) then return {0} end
 if cur ~= tonumber(ARGV[1]) then return {-1, cur} end
 redis.call('SET', KEYS[1], ARGV[2])
 local i = 7

@@ -134,3 +134,16 @@ def test_revoked_partition_reloads_from_store(models, ordered):
     store.offsets[pkey] = -1
     r2 = pipe.process(records[:100])
     assert r2.first_offset == -1 and r2.scored == 100
+
+
+def test_recommitting_an_applied_batch_changes_nothing(models, ordered):
+    """A write whose reply was lost is retried: the second commit is a no-op, not a fence."""
+    student = load_student(models["student"])
+    store = MemoryStore()
+    records = to_records(ordered[:3000])[0]
+    result = Pipeline(student, store).process(records[:200])
+    first = store.commit(result)
+    before = (dict(store.offsets), {k: dict(v) for k, v in store.states.items()}, store.all_alerts())
+    assert store.commit(result) == []
+    assert (store.offsets, store.states, store.all_alerts()) == before
+    assert first == [a.event_id for a in result.alerts]

@@ -1,0 +1,41 @@
+"""RedisStore against a real redis-server: the atomic batch write and its fence."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+import redis
+
+from stream.model import load_student
+from stream.pipeline import Pipeline, Record
+from stream.store import FenceError, RedisStore, StoreConfig
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(redis_server):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_server.url)
+    yield RedisStore(client, StoreConfig(prefix=prefix))
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def test_commit_is_fenced_and_a_retried_commit_is_a_no_op(store, models, small_events):
+    events = sorted(small_events, key=lambda e: e["ts"])[:3000]
+    records = [Record("ev", 0, i, orjson.dumps(e)) for i, e in enumerate(events)]
+    student = load_student(models["student"])
+    result = Pipeline(student, store).process(records[:1500])
+    stale_result = Pipeline(student, store).process(records[:1000])  # another worker, same start
+    added = store.commit(result)
+    assert added and added == [a.event_id for a in result.alerts]
+    snapshot = {k: store.client.dump(k) for k in store.client.scan_iter(f"{store.config.prefix}:*")
+                if store.client.type(k) != b"stream"}
+    assert store.commit(result) == []  # the same batch again (its reply was lost): no change
+    assert snapshot == {k: store.client.dump(k) for k in snapshot}
+    with pytest.raises(FenceError):
+        store.commit(stale_result)
+    assert store.offset("ev:0") == 1499
