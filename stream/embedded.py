@@ -63,6 +63,7 @@ class _Server:
         self.port = port or free_port()
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"txwatch-{self.name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
