@@ -75,6 +75,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         producer_acks=-1,
+        producer_max_request_size=settings.producer_max_request_bytes,
     )
     topic = app.topic(*settings.topics, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")

@@ -42,6 +42,7 @@ class _Revoker(ConsumerRebalanceListener):
 def aiokafka_producer(settings: Settings) -> AIOKafkaProducer:
     """A producer that waits for all in-sync replicas."""
     return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=2,
+                            max_request_size=settings.producer_max_request_bytes,
                             **settings.kafka_client_options())
 
 

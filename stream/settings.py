@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.01, gt=0, description="longest wait to fill a batch (adds up to this much latency)")
     reasons_k: int = Field(3, ge=1, le=10, description="reason codes stored with each alert")
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
+    dead_letter_max_bytes: int = Field(1_000_000, ge=1024, description="dead-letter values larger than this are "
+                                       "cut to it (headers keep the full size and sha256; the source offset "
+                                       "points at the original); keep it under the broker's message.max.bytes")
 
     # -- Operations ---------------------------------------------------------------------
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
@@ -60,6 +63,11 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(5.0, gt=0, description="longest backoff between retries of a failed Redis write (bounds how long after Redis returns the worker resumes)")
     commit_interval_s: float = Field(1.0, gt=0, description="plain runner: how often Kafka offsets are committed "
                                                             "(Redis holds the applied offsets; this sets the restart point)")
+
+    @property
+    def producer_max_request_bytes(self) -> int:
+        """Producer request cap: the largest dead letter plus room for headers and batching."""
+        return self.dead_letter_max_bytes + 65_536
 
     @field_validator("kafka_security_protocol")
     @classmethod

@@ -13,6 +13,7 @@ anywhere replays the batch; the stored offset makes the replay a no-op in Redis.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import redis
 from stream.errors import ArtifactError, ServiceUnavailable, TxwatchError
 from stream.metrics import WorkerMetrics
 from stream.model import Student, load_student
-from stream.pipeline import BatchResult, Pipeline, Record
+from stream.pipeline import BatchResult, DeadLetter, Pipeline, Record
 from stream.settings import Settings
 from stream.store import FenceError, RedisStore, StoreConfig
 
@@ -145,6 +146,29 @@ class ModelWatcher:
         return student
 
 
+def dead_letter_record(d: DeadLetter, max_bytes: int) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """``(key, value, headers)`` of a dead letter: the original bytes and why they were refused.
+
+    A value over ``max_bytes`` (it could not be produced: the broker caps record sizes) is
+    cut to ``max_bytes``; ``txwatch-truncated`` then holds its full size and
+    ``txwatch-sha256`` its digest, and ``txwatch-source`` names the input record, which
+    still holds all of it.
+
+    >>> from stream.pipeline import DeadLetter
+    >>> k, v, h = dead_letter_record(DeadLetter("ev", 1, 7, "not valid JSON", None, b"x" * 10, b"k"), 4)
+    >>> v, dict(h)["txwatch-truncated"], dict(h)["txwatch-source"]
+    (b'xxxx', b'10', b'ev:1:7')
+    """
+    headers = [("txwatch-reason", d.reason.encode()), ("txwatch-field", (d.field or "").encode()),
+               ("txwatch-source", f"{d.topic}:{d.partition}:{d.offset}".encode())]
+    value = d.value
+    if len(value) > max_bytes:
+        headers += [("txwatch-truncated", str(len(value)).encode()),
+                    ("txwatch-sha256", hashlib.sha256(value).hexdigest().encode())]
+        value = value[:max_bytes]
+    return d.key, value, headers
+
+
 class WorkerCore:
     """Batch handling shared by the runners."""
 
@@ -217,10 +241,8 @@ class WorkerCore:
         return [result for result, _, _ in done]
 
     async def _publish(self, results: list[BatchResult]) -> None:
-        dead = [(d.key, d.value, [("txwatch-reason", d.reason.encode()),
-                                  ("txwatch-field", (d.field or "").encode()),
-                                  ("txwatch-source", f"{d.topic}:{d.partition}:{d.offset}".encode())])
-                for r in results for d in r.dead]
+        cap = self.settings.dead_letter_max_bytes
+        dead = [dead_letter_record(d, cap) for r in results for d in r.dead]
         alerts = [(a.event_id.encode(), orjson.dumps(a.to_dict()), []) for r in results for a in r.alerts]
         sends = []
         if dead:
