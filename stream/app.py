@@ -112,6 +112,12 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
                 logging.shutdown()
                 os._exit(70)
 
+    @app.timer(interval=min(settings.model_poll_s, settings.log_interval_s))
+    async def housekeeping() -> None:
+        core = state.get("core")
+        if core is not None:
+            core.idle()  # an idle worker still picks up (or refuses) a new model and logs
+
     @app.timer(interval=2.0)
     async def report_lag() -> None:
         consumer = app.consumer
@@ -156,6 +162,8 @@ def run_faust_worker(settings: Settings) -> None:
     # clear error, not an agent that crashes and leaves the process idling.
     app.txwatch_state["core"] = build_core(settings, app.txwatch_publish, metrics)
     metrics.serve(settings.metrics_port)
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    # redirect_stdouts off: txwatch's own handler writes to stderr, which faust would
+    # otherwise wrap in a second log prefix.
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     logging.getLogger("txwatch").setLevel(logging.INFO)
     worker.execute_from_commandline()

@@ -92,6 +92,8 @@ async def run_plain(settings: Settings, *, metrics: WorkerMetrics | None = None,
                         high = consumer.highwater(tp)
                         if high is not None:
                             metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - pending[tp], 0))
+                else:
+                    core.idle()
                 if pending and time.monotonic() - last_commit >= settings.commit_interval_s:
                     await _commit(consumer, pending)
                     last_commit = time.monotonic()

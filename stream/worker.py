@@ -270,6 +270,11 @@ class WorkerCore:
                 if ts:
                     m.latency.observe(max(now - ts / 1000.0, 0.0))
 
+    def idle(self) -> None:
+        """Housekeeping when no records arrive: model checks and the progress line go on."""
+        self._maybe_reload()
+        self._maybe_log()
+
     def _maybe_reload(self) -> None:
         if self.watcher is None or time.monotonic() < self._next_poll:
             return
