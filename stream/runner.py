@@ -123,7 +123,7 @@ def run_plain_worker(settings: Settings) -> None:
     ensure_topics(settings)
     metrics = WorkerMetrics()
     metrics.serve(settings.metrics_port)
-    logging.getLogger("txwatch").setLevel(logging.INFO)
+    logging.getLogger("txwatch").setLevel(settings.log_level)
     try:
         asyncio.run(run_plain(settings, metrics=metrics))
     except KeyboardInterrupt:

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     # -- Redis ------------------------------------------------------------------------
     redis_url: str = Field("", description="redis:// or rediss:// (TLS) URL (empty: the demo starts an embedded Redis)")
     redis_password: SecretStr | None = Field(None, description="Redis password (secret); overrides one in the URL")
+    redis_tls_ca_file: str | None = Field(None, description="CA bundle that verifies the Redis server with rediss:// "
+                                                            "(default: the system's)")
     redis_prefix: str = Field("txwatch", description="prefix of every Redis key txwatch writes")
     alert_ttl_days: float = Field(90.0, gt=0, description="retention of alert hashes and the time index")
     alerts_maxlen: int = Field(100_000, ge=1, description="approximate length cap of each partition's alert stream")
@@ -60,6 +62,8 @@ class Settings(BaseSettings):
     # -- Operations ---------------------------------------------------------------------
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     log_interval_s: float = Field(10.0, gt=0, description="period of the one-line progress log")
+    log_level: str = Field("INFO", description="txwatch log level: DEBUG (also turns on the Kafka, Redis and "
+                                               "faust libraries' debug logs), INFO, WARNING or ERROR")
     retry_max_s: float = Field(5.0, gt=0, description="longest backoff between retries of a failed Redis write (bounds how long after Redis returns the worker resumes)")
     commit_interval_s: float = Field(1.0, gt=0, description="plain runner: how often Kafka offsets are committed "
                                                             "(Redis holds the applied offsets; this sets the restart point)")
@@ -75,6 +79,14 @@ class Settings(BaseSettings):
         v = v.upper()
         if v not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return v
 
     @field_validator("redis_url")

@@ -42,6 +42,10 @@ def redis_client(settings: Settings) -> redis.Redis:
     kwargs = {"socket_connect_timeout": 3.0, "socket_timeout": 10.0, "health_check_interval": 30}
     if settings.redis_password is not None:
         kwargs["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = "required"
+        if settings.redis_tls_ca_file:
+            kwargs["ssl_ca_certs"] = settings.redis_tls_ca_file
     client = redis.Redis.from_url(settings.redis_url, **kwargs)
     try:
         client.ping()

@@ -144,6 +144,11 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
     _setup_logging(a.quiet)
     settings = load_settings()
+    if settings.log_level == "DEBUG":
+        import logging
+
+        logging.getLogger().setLevel(logging.DEBUG)
+        logging.getLogger("kafka").setLevel(logging.DEBUG)
     if not settings.kafka_url or not settings.redis_url:
         raise TxwatchError("the worker needs TXWATCH_KAFKA_URL and TXWATCH_REDIS_URL (or run `txwatch demo`)")
     if a.runner == "plain":
@@ -179,6 +184,11 @@ def cmd_repartition(a: argparse.Namespace) -> int:
 
     _setup_logging(a.quiet)
     settings = load_settings()
+    if settings.log_level == "DEBUG":
+        import logging
+
+        logging.getLogger().setLevel(logging.DEBUG)
+        logging.getLogger("kafka").setLevel(logging.DEBUG)
     if not settings.kafka_url:
         raise TxwatchError("set TXWATCH_KAFKA_URL")
     target = a.target or settings.topics[0]
