@@ -89,7 +89,7 @@ _log = math.log
 
 
 _HASHES: dict[str, int] = {}
-_HASH_CACHE_MAX = 1 << 20
+_HASH_CACHE_MAX = 1 << 16  # ~10 MB at most: devices and IPs repeat, payout addresses often do not
 
 
 def _h(text: str) -> int:

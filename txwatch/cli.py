@@ -127,6 +127,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
         _print_json(bench_stream(a.events, a.model, n=a.n, partitions=a.partitions, latency_rate=a.latency_rate,
                                  latency_seconds=a.latency_seconds, log=_log(a.quiet)))
         return 0
+    if a.target == "soak":
+        from stream.soak import soak
+
+        _setup_logging(True)
+        _print_json(soak(a.events, a.model, seconds=a.seconds, rate=a.rate, peak_events=a.peak_events,
+                         warmup_s=a.warmup, partitions=a.partitions, log=_log(a.quiet)))
+        return 0
     raise TxwatchError(f"unknown benchmark {a.target!r}")
 
 
@@ -338,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the bench topic (default 4)")
     bs.add_argument("--latency-rate", type=float, default=2000.0, help="offered events/s in the latency phase (default 2000)")
     bs.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency phase (default 30)")
+    bk = bsub.add_parser("soak", help="sustained load at half the measured peak: RSS growth, lag, stalls")
+    bk.add_argument("--events", required=True, help="events file (replayed in loops with fresh ids and times)")
+    bk.add_argument("--model", required=True, help="student artifact directory")
+    bk.add_argument("--seconds", type=float, default=300.0, help="length of the soak (default 300)")
+    bk.add_argument("--rate", type=float, help="offered events/s (default: half the measured peak)")
+    bk.add_argument("--peak-events", type=_positive_int, default=60_000, help="events in the peak phase (default 60000)")
+    bk.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS growth is measured (default 60)")
+    bk.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the soak topic (default 4)")
     b.set_defaults(func=cmd_bench)
     return p
 
