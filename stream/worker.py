@@ -23,6 +23,7 @@ import orjson
 import redis
 
 from stream.errors import ArtifactError, ServiceUnavailable, TxwatchError
+from stream.featurekernel import ensure_compiled
 from stream.metrics import WorkerMetrics
 from stream.model import Student, load_student
 from stream.pipeline import BatchResult, DeadLetter, Pipeline, Record
@@ -303,4 +304,5 @@ def build_core(settings: Settings, publish: Publish, metrics: WorkerMetrics | No
     except ArtifactError as exc:
         raise TxwatchError(f"cannot serve: {exc}") from None
     store = redis_store(settings, client)
+    ensure_compiled()  # load (or compile, ~5 s on a fresh install) the feature kernels before consuming
     return WorkerCore(settings, store, student, publish, metrics, watcher)
