@@ -16,9 +16,11 @@ stream.errors.InvalidEvent: ts: missing required field
 from __future__ import annotations
 
 import math
+import sys
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
+import msgspec
 import orjson
 
 from stream.errors import InvalidEvent
@@ -172,10 +174,66 @@ def event_from_dict(d: Any) -> Event:
     )
 
 
+_Required = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STRING)]
+_Optional = Union[Annotated[str, msgspec.Meta(max_length=MAX_STRING)], None]
+_Amount = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]  # finite, not negative
+
+
+class _Typed(msgspec.Struct):
+    """The common shape of a valid event, decoded and checked in C by msgspec.
+
+    Only a fast path: anything it does not accept (ISO-8601 or float times, a trade
+    without side or price, a boolean label, ...) is parsed again by :func:`_parse_checked`,
+    which is the definition of validity and gives the reasons. ``tests/stream/test_fuzz.py``
+    checks that both paths agree on every payload hypothesis generates.
+    """
+
+    event_id: _Required
+    ts: Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=MAX_TS_MS)]
+    account_id: _Required
+    type: Literal["deposit", "withdrawal", "trade", "transfer", "login"]
+    asset: _Required
+    amount: _Amount
+    usd_value: _Amount
+    side: Union[Literal["buy", "sell"], None] = None
+    price: Union[_Amount, None] = None
+    counterparty: _Optional = None
+    ip: _Optional = None
+    device_id: _Optional = None
+    country: _Optional = None
+    label: Union[Literal[0, 1], None] = None
+    scenario: _Optional = None
+
+
+_decode_typed = msgspec.json.Decoder(_Typed).decode
+_FAST_ERRORS = (msgspec.ValidationError, msgspec.DecodeError)
+
+
 def parse_event(raw: bytes | bytearray | memoryview | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
-    """Parse one JSON-encoded event; raise ``InvalidEvent`` with a precise reason."""
+    """Parse one JSON-encoded event; raise ``InvalidEvent`` with a precise reason.
+
+    Valid events of the common shape take msgspec's compiled decoder (about 3x faster);
+    everything else, and every refusal, goes through :func:`_parse_checked`.
+    """
     if len(raw) > max_bytes:
         raise InvalidEvent(f"payload of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        t = _decode_typed(raw)
+    except _FAST_ERRORS:
+        return _parse_checked(raw)
+    if t.type == "trade":
+        if t.side is None or t.price is None:
+            return _parse_checked(raw)
+        side, price = t.side, t.price
+    else:
+        side = price = None
+    return Event(t.event_id, t.ts, t.account_id, t.type, t.asset, t.amount, t.usd_value, side, price,
+                 t.counterparty or None, t.ip or None, t.device_id or None, t.country or None,
+                 t.label, t.scenario or None)
+
+
+def _parse_checked(raw: bytes | bytearray | memoryview | str) -> Event:
+    """Parse with orjson and validate field by field: the definition, with the reasons."""
     try:
         d = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

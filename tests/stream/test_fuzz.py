@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from stream.errors import InvalidEvent
 from stream.pipeline import Pipeline, Record
-from stream.schema import EVENT_TYPES, Event, event_from_dict, parse_event
+from stream.schema import EVENT_TYPES, Event, _parse_checked, event_from_dict, parse_event
 from stream.store import MemoryStore
 
 GOOD = {"event_id": "e1", "ts": 1767571200000, "account_id": "a1", "type": "deposit",
@@ -92,3 +92,25 @@ def test_pipeline_dead_letters_garbage_and_scores_the_rest(models_student, garba
     assert set(result.event_ids) >= {"ok-0", "ok-1", "ok-2"}
     assert result.scored + len(result.dead) + result.duplicates == len(values)
     assert all(d.reason for d in result.dead)
+
+
+GOOD_TRADE = {**GOOD, "event_id": "t1", "type": "trade", "side": "sell", "price": 50_000.0, "counterparty": "acct-9",
+              "ip": "10.0.0.1", "device_id": "d1", "country": "DE", "label": 0, "scenario": "normal"}
+near_valid = st.builds(lambda base, change: {**base, **change}, st.sampled_from([GOOD, GOOD_TRADE]),
+                       st.dictionaries(st.sampled_from(list(GOOD_TRADE) + ["extra"]), field_values, max_size=3))
+
+
+def _outcome(parse, raw):
+    try:
+        return parse(raw).to_dict()
+    except InvalidEvent as exc:
+        return ("invalid", exc.reason, exc.field)
+
+
+@settings(max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(near_valid.map(lambda d: json.dumps(d, allow_nan=True, default=str).encode()),
+                 event_like.map(lambda d: json.dumps(d, allow_nan=True, default=str).encode()),
+                 st.binary(max_size=200)))
+def test_fast_path_agrees_with_the_checked_parser(raw):
+    """msgspec's fast path accepts only what the field-by-field validator accepts, identically."""
+    assert _outcome(parse_event, raw) == _outcome(_parse_checked, raw)
