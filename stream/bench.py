@@ -37,14 +37,20 @@ from stream.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _peak_rss_mb(pid: int) -> float | None:
+def proc_memory_mb(pid: int, field: str = "VmHWM") -> float | None:
+    """A memory figure of a process from ``/proc/<pid>/status`` in MB (``VmHWM``: peak RSS,
+    ``VmRSS``: current RSS), or None if the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
     return None
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    return proc_memory_mb(pid, "VmHWM")
 
 
 def _env(s: Settings) -> dict:

@@ -30,20 +30,10 @@ from typing import Callable, Iterator
 
 import orjson
 
-from stream.bench import _peak_rss_mb, _start_worker, _stop, _wait_rate
+from stream.bench import _peak_rss_mb, _start_worker, _stop, _wait_rate, proc_memory_mb
 from stream.settings import Settings, load_settings
 
 DAY_MS = 86_400_000
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 def looped(payloads: list[dict]) -> Iterator[tuple[bytes, bytes]]:
@@ -174,7 +164,7 @@ def soak(events_path: str, model_dir: str, *, seconds: float = 300.0, rate: floa
                     stalls += 1
                 last_done = done
                 samples.append({"t": round(time.monotonic() - t0, 1), "produced": produced + producer.sent,
-                                "processed": done, "lag": lag, "rss_mb": _rss_mb(worker.pid)})
+                                "processed": done, "lag": lag, "rss_mb": proc_memory_mb(worker.pid, "VmRSS")})
                 log(f"  t={samples[-1]['t']:.0f}s processed={done:,} lag={lag:,} rss={samples[-1]['rss_mb']} MB")
             producer.stop_flag.set()
             producer.join()
