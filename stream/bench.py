@@ -10,6 +10,8 @@ Everything runs in one invocation against the same broker and Redis (embedded un
 * ``faust_worker``: one ``txwatch worker`` process (faust runner), end to end;
 * ``latency``: produce time to alert readable in Redis (the alert's pub/sub message,
   published inside the commit script) at a fixed offered rate, on a caught-up worker;
+* ``transport_latency``: the floor under it: produce time to a bare aiokafka group
+  consumer receiving the record, same producer, same offered rate, no processing;
 * ``scale_out``: two faust worker processes in one group on the same topic;
 * worker peak RSS (``VmHWM``) of the worker processes.
 
@@ -232,6 +234,12 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         finally:
             _stop(worker)
 
+        log(f"transport latency (bare produce -> consume) at {latency_rate:,.0f} events/s")
+        s_tl = settings_for("transport", input_topics=f"{topic}-transport")
+        ensure_topics(s_tl)
+        result["transport_latency"] = asyncio.run(
+            _transport_latency(s_tl, payloads, keys, latency_rate, min(latency_seconds, 15.0)))
+
         log("two faust workers in one group")
         s_two = settings_for("two")
         workers = [_start_worker(s_two, "faust", work / f"worker{i}.log") for i in range(2)]
@@ -310,6 +318,62 @@ def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list,
     pubsub.close()
     lat = np.array(latencies) * 1000
     out = {"offered_events_per_s": round(offered), "events": count, "alerts_timed": int(len(lat))}
+    if len(lat):
+        out.update({"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
+                    "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2)})
+    return out
+
+
+def _paced_send(s: Settings, topic: str, values: list[bytes], keys: list, rate: float, sent: dict) -> float:
+    """Send ``values`` at ``rate`` with kafka-python (as the latency phase does); record send times."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks=1, linger_ms=0, **s.kafka_client_options())
+    t0 = time.perf_counter()
+    for i, (value, key) in enumerate(zip(values, keys)):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent[i] = time.perf_counter()
+        producer.send(topic, value=value, key=key)
+        if i % 50 == 0:
+            producer.flush()
+    producer.flush()
+    offered = len(values) / (time.perf_counter() - t0)
+    producer.close()
+    return offered
+
+
+async def _transport_latency(s: Settings, payloads: list[bytes], keys: list, rate: float, seconds: float) -> dict:
+    """Produce -> bare group consumer latency: what the broker and clients cost, no txwatch."""
+    from aiokafka import AIOKafkaConsumer
+
+    count = min(len(payloads), int(rate * seconds))
+    topic = s.topics[0]
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap_servers, group_id=s.group_id,
+                                auto_offset_reset="latest", fetch_max_wait_ms=s.fetch_max_wait_ms,
+                                session_timeout_ms=6000, rebalance_timeout_ms=6000, **s.kafka_client_options())
+    await consumer.start()
+    try:
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=100)
+        sent: dict[int, float] = {}
+        box: dict = {}
+        values = [str(i).encode().ljust(len(p), b" ") for i, p in enumerate(payloads[:count])]  # same sizes
+        sender = threading.Thread(target=lambda: box.update(offered=_paced_send(s, topic, values, keys, rate, sent)))
+        sender.start()
+        latencies: list[float] = []
+        deadline = time.monotonic() + seconds + 30
+        while len(latencies) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=10, max_records=5000)
+            now = time.perf_counter()
+            for msgs in batch.values():
+                latencies += [now - sent[int(m.value)] for m in msgs if int(m.value) in sent]
+        sender.join()
+    finally:
+        await consumer.stop()
+    lat = np.array(latencies) * 1000
+    out = {"offered_events_per_s": round(box.get("offered", 0)), "events": count, "received": int(len(lat))}
     if len(lat):
         out.update({"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
                     "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2)})
