@@ -99,6 +99,19 @@ async def _drain(s: Settings, topic: str, n: int) -> dict:
     return {"records": count, "seconds": round(elapsed, 3), "events_per_s": round((count - first) / elapsed)}
 
 
+def servers(stack: ExitStack, base: Settings) -> dict:
+    """``kafka_url``/``redis_url`` overrides: embedded servers (closed with ``stack``) for
+    whichever of the two ``base`` does not configure."""
+    from stream.embedded import EmbeddedKafka, EmbeddedRedis
+
+    overrides: dict = {}
+    if not base.kafka_url:
+        overrides["kafka_url"] = stack.enter_context(EmbeddedKafka()).url
+    if not base.redis_url:
+        overrides["redis_url"] = stack.enter_context(EmbeddedRedis()).url
+    return overrides
+
+
 def _wait_rate(client, s: Settings, topic: str, n: int, procs: list, timeout: float = 600) -> dict:
     """Poll stored offsets: rate from the first processed record to the n-th."""
     from stream.pipeline import partition_key
@@ -146,7 +159,6 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
     """Run every phase; return the JSON-ready result."""
     import redis
 
-    from stream.embedded import EmbeddedKafka, EmbeddedRedis
     from stream.model import load_student
     from stream.replay import account_key, iter_lines
     from stream.runner import run_plain
@@ -166,11 +178,7 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
     result: dict = {"benchmark": "stream", "events": n, "partitions": partitions, "model": student.version,
                     "machine": {"cpus": os.cpu_count()}}
     with ExitStack() as stack:
-        overrides: dict = {}
-        if not base.kafka_url:
-            overrides["kafka_url"] = stack.enter_context(EmbeddedKafka()).url
-        if not base.redis_url:
-            overrides["redis_url"] = stack.enter_context(EmbeddedRedis()).url
+        overrides = servers(stack, base)
         result["broker"] = "embedded Tansu" if not base.kafka_url else "configured"
         tag = uuid.uuid4().hex[:6]
         topic = f"bench-{tag}"
@@ -265,8 +273,6 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
 def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list, rate: float,
              seconds: float, worker: subprocess.Popen) -> dict:
     """Offer events at ``rate``; time produce -> alert pub/sub message for every alert."""
-    from kafka import KafkaProducer
-
     count = min(len(payloads), int(rate * seconds))
     # Fresh event ids and current times, so these are new events for the caught-up worker.
     now_ms = int(time.time() * 1000)
@@ -282,7 +288,8 @@ def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list,
         fresh.append(orjson.dumps(d))
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{s.redis_prefix}:alerts:live")
-    sent: dict[str, float] = {}
+    index = {orjson.loads(p)["event_id"]: i for i, p in enumerate(fresh)}
+    sent_at: dict[int, float] = {}
     latencies: list[float] = []
     stop = threading.Event()
 
@@ -291,41 +298,24 @@ def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list,
             msg = pubsub.get_message(timeout=0.1)
             if msg and msg["type"] == "message":
                 t = time.perf_counter()
-                eid = orjson.loads(msg["data"])["event_id"]
-                if eid in sent:
-                    latencies.append(t - sent[eid])
+                i = index.get(orjson.loads(msg["data"])["event_id"])
+                if i in sent_at:
+                    latencies.append(t - sent_at[i])
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks=1, linger_ms=0, **s.kafka_client_options())
-    ids = [orjson.loads(p)["event_id"] for p in fresh]
-    t0 = time.perf_counter()
-    for i, (value, key, eid) in enumerate(zip(fresh, keys, ids)):
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        sent[eid] = time.perf_counter()
-        producer.send(topic, value=value, key=key)
-        if i % 50 == 0:
-            producer.flush()
-    producer.flush()
-    offered = count / (time.perf_counter() - t0)
-    producer.close()
+    offered = _paced_send(s, topic, fresh, keys, rate, sent_at)
     time.sleep(2.0)
     stop.set()
     listener.join(2)
     pubsub.close()
-    lat = np.array(latencies) * 1000
-    out = {"offered_events_per_s": round(offered), "events": count, "alerts_timed": int(len(lat))}
-    if len(lat):
-        out.update({"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
-                    "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2)})
-    return out
+    return {"offered_events_per_s": round(offered), "events": count, "alerts_timed": len(latencies),
+            **_percentiles_ms(latencies)}
 
 
 def _paced_send(s: Settings, topic: str, values: list[bytes], keys: list, rate: float, sent: dict) -> float:
-    """Send ``values`` at ``rate`` with kafka-python (as the latency phase does); record send times."""
+    """Send ``values`` at ``rate`` with kafka-python (linger 0, a flush every 50), recording
+    each one's send time in ``sent[index]``; return the achieved rate."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks=1, linger_ms=0, **s.kafka_client_options())
@@ -372,9 +362,14 @@ async def _transport_latency(s: Settings, payloads: list[bytes], keys: list, rat
         sender.join()
     finally:
         await consumer.stop()
-    lat = np.array(latencies) * 1000
-    out = {"offered_events_per_s": round(box.get("offered", 0)), "events": count, "received": int(len(lat))}
-    if len(lat):
-        out.update({"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
-                    "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2)})
-    return out
+    return {"offered_events_per_s": round(box.get("offered", 0)), "events": count, "received": len(latencies),
+            **_percentiles_ms(latencies)}
+
+
+def _percentiles_ms(seconds: list[float]) -> dict:
+    """p50/p95/p99/max of latencies given in seconds, in ms (empty if there are none)."""
+    if not seconds:
+        return {}
+    lat = np.array(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2)}

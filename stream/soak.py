@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import orjson
 
-from stream.bench import _peak_rss_mb, _start_worker, _stop, _wait_rate, proc_memory_mb
+from stream.bench import _peak_rss_mb, _start_worker, _stop, _wait_rate, proc_memory_mb, servers
 from stream.settings import Settings, load_settings
 
 DAY_MS = 86_400_000
@@ -92,7 +92,6 @@ def soak(events_path: str, model_dir: str, *, seconds: float = 300.0, rate: floa
     """Run peak, soak and drain; return the JSON-ready result."""
     import redis
 
-    from stream.embedded import EmbeddedKafka, EmbeddedRedis
     from stream.pipeline import partition_key
     from stream.replay import iter_lines
     from stream.worker import ensure_topics, redis_store
@@ -116,11 +115,7 @@ def soak(events_path: str, model_dir: str, *, seconds: float = 300.0, rate: floa
     result: dict = {"benchmark": "soak", "history_events": len(history), "partitions": partitions,
                     "machine": {"cpus": os.cpu_count()}}
     with ExitStack() as stack:
-        overrides: dict = {}
-        if not base.kafka_url:
-            overrides["kafka_url"] = stack.enter_context(EmbeddedKafka()).url
-        if not base.redis_url:
-            overrides["redis_url"] = stack.enter_context(EmbeddedRedis()).url
+        overrides = servers(stack, base)
         result["broker"] = "embedded Tansu" if not base.kafka_url else "configured"
         tag = uuid.uuid4().hex[:6]
         topic = f"soak-{tag}"

@@ -146,16 +146,23 @@ def _setup_logging(quiet: bool) -> None:
     logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python's event-loop timing warnings
 
 
-def cmd_worker(a: argparse.Namespace) -> int:
+def _service_settings(quiet: bool):
+    """Settings for a long-running command, with logging set up; DEBUG also turns on the
+    libraries' debug logs (TXWATCH_LOG_LEVEL)."""
+    import logging
+
     from stream.settings import load_settings
 
-    _setup_logging(a.quiet)
+    _setup_logging(quiet)
     settings = load_settings()
     if settings.log_level == "DEBUG":
-        import logging
-
         logging.getLogger().setLevel(logging.DEBUG)
         logging.getLogger("kafka").setLevel(logging.DEBUG)
+    return settings
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    settings = _service_settings(a.quiet)
     if not settings.kafka_url or not settings.redis_url:
         raise TxwatchError("the worker needs TXWATCH_KAFKA_URL and TXWATCH_REDIS_URL (or run `txwatch demo`)")
     if a.runner == "plain":
@@ -186,16 +193,9 @@ def cmd_repartition(a: argparse.Namespace) -> int:
     import asyncio
 
     from stream.repartition import run_repartition
-    from stream.settings import load_settings
     from stream.worker import ensure_topics
 
-    _setup_logging(a.quiet)
-    settings = load_settings()
-    if settings.log_level == "DEBUG":
-        import logging
-
-        logging.getLogger().setLevel(logging.DEBUG)
-        logging.getLogger("kafka").setLevel(logging.DEBUG)
+    settings = _service_settings(a.quiet)
     if not settings.kafka_url:
         raise TxwatchError("set TXWATCH_KAFKA_URL")
     target = a.target or settings.topics[0]

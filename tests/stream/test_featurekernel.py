@@ -11,19 +11,10 @@ from stream.features import (
     N_FEATURES, AccountState, FeatureEngine, StateFormatError, _h, admit, event_key, update,
 )
 from stream.schema import Event, event_from_dict
+from tests.stream.test_features import T0, ev
 
-T0 = 1767571200000  # 2026-01-05 00:00 UTC
 HOUR = 3_600_000
 OUTCOME = {None: fk.APPLIED, "duplicate": fk.DUPLICATE}
-
-
-def ev(i, ts, type="deposit", usd=100.0, acct="a", **kw):
-    defaults = {"asset": "BTC", "amount": usd / 50_000.0}
-    if type == "trade":
-        defaults.update(side="buy", price=50_000.0)
-    defaults.update(kw)
-    asset, amount = defaults.pop("asset"), defaults.pop("amount")
-    return Event(f"e{i}", ts, acct, type, asset, amount, usd, **defaults)
 
 
 def reference(events, states=None):
