@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import orjson
 
 from stream.bench import _peak_rss_mb, _start_worker, _stop, _wait_rate, proc_memory_mb, servers
+from stream.errors import DataError
 from stream.settings import Settings, load_settings
 
 DAY_MS = 86_400_000
@@ -92,10 +93,12 @@ def soak(events_path: str, model_dir: str, *, seconds: float = 300.0, rate: floa
     """Run peak, soak and drain; return the JSON-ready result."""
     import redis
 
+    from stream.model import load_student
     from stream.pipeline import partition_key
     from stream.replay import iter_lines
     from stream.worker import ensure_topics, redis_store
 
+    load_student(model_dir)  # a missing or broken model is one clear error, before any server starts
     history = []
     for line in iter_lines(events_path):
         try:
@@ -107,7 +110,7 @@ def soak(events_path: str, model_dir: str, *, seconds: float = 300.0, rate: floa
         if len(history) >= max_history:
             break
     if not history:
-        raise ValueError(f"{events_path}: no events with an integer ts and an account_id")
+        raise DataError(f"{events_path}: no events with an integer ts and an account_id")
     history.sort(key=lambda d: d["ts"])
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,9 @@ def run(capsys, monkeypatch, env, *argv):
     ({"TXWATCH_PARTITIONS": "0"}, ["worker"], "TXWATCH_PARTITIONS"),
     ({}, ["bench", "models", "--events", "e.jsonl", "--model", "nowhere"], "does not exist"),
     ({}, ["repartition", "--source", "a"], "set TXWATCH_KAFKA_URL"),
+    ({}, ["bench", "soak", "--events", "missing.jsonl", "--model", "nowhere"], "does not exist"),
+    ({"TXWATCH_LOG_LEVEL": "loud"}, ["worker"], "TXWATCH_LOG_LEVEL"),
+    ({"TXWATCH_DEAD_LETTER_MAX_BYTES": "10"}, ["worker"], "TXWATCH_DEAD_LETTER_MAX_BYTES"),
 ])
 def test_operational_commands_fail_cleanly(capsys, monkeypatch, tmp_path, env, argv, words):
     monkeypatch.chdir(tmp_path)
@@ -29,3 +32,16 @@ def test_operational_commands_fail_cleanly(capsys, monkeypatch, tmp_path, env, a
     assert code == 2
     assert words in err and "Traceback" not in err
     assert "s3cret" not in err
+
+
+def test_soak_refuses_a_file_without_usable_events(capsys, monkeypatch, tmp_path, models):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('garbage\n{"x": 1}\n')
+    code, out, err = run(capsys, monkeypatch, {}, "bench", "soak", "--events", bad, "--model", models["student"])
+    assert code == 2 and "no events with an integer ts and an account_id" in err and "Traceback" not in err
+
+
+def test_soak_refuses_a_non_positive_length(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "soak", "--events", "e.jsonl", "--model", "m", "--seconds", "-1"])
+    assert exc.value.code == 2 and "must be > 0" in capsys.readouterr().err

@@ -34,6 +34,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -348,10 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     bk = bsub.add_parser("soak", help="sustained load at half the measured peak: RSS growth, lag, stalls")
     bk.add_argument("--events", required=True, help="events file (replayed in loops with fresh ids and times)")
     bk.add_argument("--model", required=True, help="student artifact directory")
-    bk.add_argument("--seconds", type=float, default=300.0, help="length of the soak (default 300)")
-    bk.add_argument("--rate", type=float, help="offered events/s (default: half the measured peak)")
+    bk.add_argument("--seconds", type=_positive_float, default=300.0, help="length of the soak (default 300)")
+    bk.add_argument("--rate", type=_positive_float, help="offered events/s (default: half the measured peak)")
     bk.add_argument("--peak-events", type=_positive_int, default=60_000, help="events in the peak phase (default 60000)")
-    bk.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS growth is measured (default 60)")
+    bk.add_argument("--warmup", type=_positive_float, default=60.0, help="seconds before RSS growth is measured (default 60)")
     bk.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the soak topic (default 4)")
     b.set_defaults(func=cmd_bench)
     return p
