@@ -50,11 +50,11 @@ from __future__ import annotations
 
 import math
 from itertools import repeat
-from operator import attrgetter
 from typing import Iterable, Sequence
 
 import numba as nb
 import numpy as np
+from msgspec.structs import astuple
 from numba.core.registry import CPUDispatcher
 
 from stream.features import (
@@ -679,12 +679,10 @@ def ensure_compiled() -> None:
 
 # -- convenience wrapper ---------------------------------------------------------------
 
-_get_id = attrgetter("event_id")
-_get_account = attrgetter("account_id")
-_get_ts = attrgetter("ts")
-_get_usd = attrgetter("usd_value")
-_get_amount = attrgetter("amount")
-_get_asset = attrgetter("asset")
+_F = {name: i for i, name in enumerate(Event.__struct_fields__)}
+(_F_ID, _F_TS, _F_ACCOUNT, _F_TYPE, _F_ASSET, _F_AMOUNT, _F_USD, _F_SIDE, _F_PRICE, _F_CP, _F_IP, _F_DEVICE,
+ _F_COUNTRY) = (_F[k] for k in ("event_id", "ts", "account_id", "type", "asset", "amount", "usd_value", "side",
+                                "price", "counterparty", "ip", "device_id", "country"))
 
 
 class BatchFeatureEngine:
@@ -778,29 +776,27 @@ class BatchFeatureEngine:
         Python (``event_key`` cannot be memoised: ids are unique).
         """
         n = len(events)
-        ts = np.fromiter(map(_get_ts, events), dtype=np.float64, count=n)
-        codes = _TYPE_CODE
-        etype = np.fromiter([codes[e.type] for e in events], dtype=np.int64, count=n)
-        usd = np.fromiter(map(_get_usd, events), dtype=np.float64, count=n)
-        amount = np.fromiter(map(_get_amount, events), dtype=np.float64, count=n)
-        price = np.array([e.price or 0.0 for e in events], dtype=np.float64)
-        side = np.where(np.fromiter([e.side == "buy" for e in events], dtype=np.bool_, count=n), 1.0, -1.0)
+        # One C pass turns the events into field columns (tuples, in Event field order).
+        c = list(zip(*map(astuple, events)))
+        ts = np.array(c[_F_TS], dtype=np.float64)
+        etype = np.fromiter(map(_TYPE_CODE.__getitem__, c[_F_TYPE]), dtype=np.int64, count=n)
+        usd = np.array(c[_F_USD], dtype=np.float64)
+        amount = np.array(c[_F_AMOUNT], dtype=np.float64)
+        price = np.array([p or 0.0 for p in c[_F_PRICE]], dtype=np.float64)
+        side = np.where(np.fromiter([s == "buy" for s in c[_F_SIDE]], dtype=np.bool_, count=n), 1.0, -1.0)
         # Every string of the batch, field by field (absent optional ones as ""), hashed
         # in one compiled pass over their NUL-joined UTF-8 bytes (a NUL is never part of
         # another character's UTF-8 encoding).
-        texts = list(map(_get_id, events))
-        texts += map(_get_asset, events)
-        texts += [e.device_id or "" for e in events]
-        texts += [e.ip or "" for e in events]
-        texts += [e.country or "" for e in events]
-        texts += [e.counterparty or "" for e in events]
+        texts = [*c[_F_ID], *c[_F_ASSET]]
+        for f in (_F_DEVICE, _F_IP, _F_COUNTRY, _F_CP):
+            texts += [t or "" for t in c[f]]
         h = np.empty(6 * n, dtype=np.int64)
         buf = np.frombuffer("\x00".join(texts).encode(), dtype=np.uint8)
         if hash_strings(buf, n, 4 * n, h) != 6 * n:  # some string holds a NUL: hash in Python
             h[:n] = np.array(list(map(event_key, texts[:n])), dtype=np.uint64).view(np.int64)
             h[n:] = [_h(t) if t or i < 2 * n else -1 for i, t in enumerate(texts[n:], n)]
         h = h.reshape(6, n)
-        accounts = list(map(_get_account, events))
+        accounts = c[_F_ACCOUNT]
         rows = np.fromiter(map(self.rows.get, accounts, repeat(-1)), dtype=np.int64, count=n)
         if (rows < 0).any():
             for i in np.flatnonzero(rows < 0).tolist():

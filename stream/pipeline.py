@@ -22,23 +22,28 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from stream.errors import InvalidEvent
 from stream.featurekernel import DUPLICATE, BatchFeatureEngine, late_reason
 from stream.features import StateFormatError
 from stream.model import Student
-from stream.schema import MAX_EVENT_BYTES, Event, parse_event
+from stream.schema import MAX_EVENT_BYTES, Event, parse_events
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """One Kafka record, as any runner sees it."""
+    """One Kafka record, as any runner sees it.
+
+    Anything with these attributes will do: the plain runner hands over aiokafka's own
+    ``ConsumerRecord`` objects (same names, ``timestamp`` in epoch ms), so a record is
+    never copied on the way in. (Not frozen: a frozen dataclass costs ~0.9 us per record
+    to build, this ~0.2 us.)
+    """
 
     topic: str
     partition: int
     offset: int
     value: bytes | None
     key: bytes | None = None
-    timestamp_ms: int | None = None
+    timestamp: int | None = None  # epoch ms (the producer's or the broker's time)
 
 
 @dataclass(slots=True)
@@ -163,19 +168,24 @@ class Pipeline:
             return result
         result.last_offset = fresh[-1].offset
 
-        events: list[Event] = []
-        sources: list[Record] = []
-        for r in fresh:
-            if r.value is None:
-                result.dead.append(DeadLetter(r.topic, r.partition, r.offset, "record has no value",
-                                              None, b"", r.key))
-                continue
-            try:
-                events.append(parse_event(r.value, self.max_event_bytes))
-                sources.append(r)
-            except InvalidEvent as exc:
+        if any(r.value is None for r in fresh):
+            for r in fresh:
+                if r.value is None:
+                    result.dead.append(DeadLetter(r.topic, r.partition, r.offset, "record has no value",
+                                                  None, b"", r.key))
+            fresh = [r for r in fresh if r.value is not None]
+        parsed = parse_events([r.value for r in fresh], self.max_event_bytes)
+        events: list[Event] = parsed
+        sources: Sequence[Record] = fresh
+        bad = [i for i, e in enumerate(parsed) if type(e) is not Event]
+        if bad:
+            for i in bad:
+                r, exc = fresh[i], parsed[i]
                 result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
                                               bytes(r.value), r.key))
+            skip = set(bad)
+            events = [e for i, e in enumerate(parsed) if i not in skip]
+            sources = [r for i, r in enumerate(fresh) if i not in skip]
         if not events:
             return result
 
@@ -226,7 +236,9 @@ class Pipeline:
 
     def committed(self, result: BatchResult) -> None:
         """Record that ``result`` is durably stored: later records start after it."""
-        part = self._part(result.partition_key)
+        part = self._parts.get(result.partition_key)
+        if part is None:
+            return  # revoked while the batch was being stored: nothing cached to advance
         part.offset = max(part.offset, result.last_offset)
         if len(part.engine) > self.max_cached_accounts:
             part.engine.clear()  # bounded memory: the store is the source of truth

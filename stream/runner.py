@@ -18,7 +18,6 @@ from aiokafka.errors import CommitFailedError, KafkaConnectionError
 
 from stream.errors import ServiceUnavailable
 from stream.metrics import WorkerMetrics
-from stream.pipeline import Record
 from stream.settings import Settings
 from stream.worker import WorkerCore, build_core, ensure_topics
 
@@ -41,7 +40,7 @@ class _Revoker(ConsumerRebalanceListener):
 
 def aiokafka_producer(settings: Settings) -> AIOKafkaProducer:
     """A producer that waits for all in-sync replicas."""
-    return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=2,
+    return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0,
                             max_request_size=settings.producer_max_request_bytes,
                             **settings.kafka_client_options())
 
@@ -84,9 +83,8 @@ async def run_plain(settings: Settings, *, metrics: WorkerMetrics | None = None,
             while stop is None or not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=settings.batch_max)
                 if batch:
-                    records = [Record(tp.topic, tp.partition, m.offset, m.value, m.key, m.timestamp)
-                               for tp, msgs in batch.items() for m in msgs]
-                    await core.handle(records)  # durably in Redis when this returns
+                    # aiokafka's ConsumerRecords are Records already (same attributes).
+                    await core.handle_groups(list(batch.values()))  # durably in Redis when this returns
                     for tp, msgs in batch.items():
                         pending[tp] = msgs[-1].offset + 1
                         high = consumer.highwater(tp)

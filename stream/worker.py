@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -199,11 +200,13 @@ class WorkerCore:
         self.pipeline.revoke(f"{topic}:{partition}")
 
     async def _retry(self, what: str, fn: Callable[[], object]) -> object:
-        """Run ``fn`` until it succeeds, backing off on Redis errors (never on bugs)."""
+        """Run ``fn`` (awaiting its result if it is awaitable) until it succeeds, backing
+        off on Redis errors (never on bugs)."""
         delay = 0.1
         while True:
             try:
-                return fn()
+                out = fn()
+                return await out if inspect.isawaitable(out) else out
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
                     ServiceUnavailable) as exc:
                 self.metrics.retries.inc()
@@ -212,24 +215,32 @@ class WorkerCore:
                 delay = min(delay * 2, self.settings.retry_max_s)
 
     async def handle(self, records: Sequence[Record]) -> list[BatchResult]:
-        """Process a batch (any partitions); return once everything is durably stored.
-
-        All partitions of the batch share one Kafka produce (dead letters, alerts) and one
-        Redis round trip (one atomic script per partition, pipelined), so the fixed cost
-        per batch does not grow with the number of partitions in it.
-        """
-        self._maybe_reload()
+        """Process a batch (any partitions, in offset order per partition); return once
+        everything is durably stored. See :meth:`handle_groups`."""
         groups: dict[tuple[str, int], list[Record]] = {}
         for r in records:
             groups.setdefault((r.topic, r.partition), []).append(r)
-        pending = list(groups.values())
-        done: list[tuple[BatchResult, list[Record], list[str]]] = []
+        return await self.handle_groups(list(groups.values()))
+
+    async def handle_groups(self, groups: Sequence[Sequence[Record]]) -> list[BatchResult]:
+        """Process batches of distinct partitions (each in offset order); return once
+        everything is durably stored.
+
+        All partitions share one Kafka produce (dead letters, alerts) and one Redis round
+        trip (one atomic script per partition, pipelined), so the fixed cost per batch does
+        not grow with the number of partitions in it. The Redis round trip runs in a worker
+        thread: the event loop stays free meanwhile, so the Kafka consumer keeps fetching.
+        """
+        self._maybe_reload()
+        pending = [g for g in groups if g]
+        done: list[tuple[BatchResult, Sequence[Record], list[str]]] = []
         while pending:
             results = []
             for group in pending:
                 results.append(await self._retry("reading states", lambda g=group: self.pipeline.process(g)))
             await self._publish(results)
-            outcomes = await self._retry("writing the batch to Redis", lambda: self.store.commit_many(results))
+            outcomes = await self._retry("writing the batch to Redis",
+                                         lambda: asyncio.to_thread(self.store.commit_many, results))
             retry = []
             for group, result, outcome in zip(pending, results, outcomes):
                 if isinstance(outcome, FenceError):
@@ -257,7 +268,7 @@ class WorkerCore:
         if sends:
             await asyncio.gather(*sends)
 
-    def _count(self, done: list[tuple[BatchResult, list[Record], list[str]]]) -> None:
+    def _count(self, done: list[tuple[BatchResult, Sequence[Record], list[str]]]) -> None:
         m = self.metrics
         now = time.time()
         for result, group, added in done:
@@ -271,7 +282,7 @@ class WorkerCore:
             m.alerts.inc(len(added))
             if result.scored:
                 m.batch_seconds.observe(result.score_seconds)
-                ts = group[-1].timestamp_ms
+                ts = group[-1].timestamp
                 if ts:
                     m.latency.observe(max(now - ts / 1000.0, 0.0))
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from stream.errors import InvalidEvent
 from stream.pipeline import Pipeline, Record
-from stream.schema import EVENT_TYPES, Event, _parse_checked, event_from_dict, parse_event
+from stream.schema import EVENT_TYPES, Event, _parse_checked, event_from_dict, parse_event, parse_events
 from stream.store import MemoryStore
 
 GOOD = {"event_id": "e1", "ts": 1767571200000, "account_id": "a1", "type": "deposit",
@@ -114,3 +114,40 @@ def _outcome(parse, raw):
 def test_fast_path_agrees_with_the_checked_parser(raw):
     """msgspec's fast path accepts only what the field-by-field validator accepts, identically."""
     assert _outcome(parse_event, raw) == _outcome(_parse_checked, raw)
+
+
+def _batch_outcomes(values):
+    return [e.to_dict() if isinstance(e, Event) else ("invalid", e.reason, e.field)
+            for e in parse_events(values)]
+
+
+one_value = st.one_of(near_valid.map(lambda d: json.dumps(d, allow_nan=True, default=str).encode()),
+                      st.binary(max_size=80),
+                      st.sampled_from([b"", b" ", b"\n", b"{}", b"null", orjson.dumps(GOOD) + b"\n" + orjson.dumps(GOOD)]))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(one_value, min_size=0, max_size=40), st.lists(st.integers(0, 39), max_size=5))
+def test_batch_parse_agrees_with_value_by_value(values, good_slots):
+    """A batch parsed in one msgspec call gives, value by value, what parse_event gives."""
+    values = list(values)
+    for i in good_slots:  # enough valid values that the joined fast path is taken
+        values.insert(min(i, len(values)), orjson.dumps({**GOOD, "event_id": f"g{i}"}))
+    assert _batch_outcomes(values) == [_outcome(parse_event, v) for v in values]
+
+
+def test_values_cannot_straddle_into_each_other():
+    """Newline-joined decoding must not read one value's bytes as part of another's event."""
+    good = [orjson.dumps({**GOOD, "event_id": f"g{i}"}) for i in range(12)]
+    a, b = orjson.dumps({**GOOD, "event_id": "A"}), orjson.dumps({**GOOD, "event_id": "B"})
+    cases = [
+        [*good, a + b"\n" + b, b""],                  # two events in one value, an empty one after it
+        [*good, a + b"\n" + b[:40], b[40:]],          # one event split over two values
+        [*good, a[:-1] + b",\n" + b[:-1], b"}"],      # a value that only closes the one before
+        [*good, b"\n".join([a, b]), b" "],
+    ]
+    for values in cases:
+        outcome = _batch_outcomes(values)
+        assert outcome == [_outcome(parse_event, v) for v in values]
+        assert outcome[:12] == [orjson.loads(g) for g in good]
+        assert all(o[0] == "invalid" for o in outcome[12:])
