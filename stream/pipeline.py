@@ -122,7 +122,7 @@ class _PartitionCache:
     __slots__ = ("offset", "engine")
 
     def __init__(self, offset: int) -> None:
-        self.offset = offset
+        self.offset = offset  # last offset the cached states include (processed, maybe not yet stored)
         self.engine = BatchFeatureEngine()  # the partition's cached account states
 
 
@@ -137,11 +137,19 @@ class Pipeline:
         self.reasons_k = reasons_k
         self.max_cached_accounts = max_cached_accounts
         self._parts: dict[str, _PartitionCache] = {}
+        self._epochs: dict[str, int] = {}
 
     # -- partition lifecycle ----------------------------------------------------
     def revoke(self, pkey: str) -> None:
-        """Forget a partition's cached states (it moved to another worker)."""
+        """Forget a partition's cached states (it moved to another worker, or its stored
+        offset moved under this worker); results computed before are stale from now on."""
         self._parts.pop(pkey, None)
+        self._epochs[pkey] = self._epochs.get(pkey, 0) + 1
+
+    def epoch(self, pkey: str) -> int:
+        """Changes whenever the partition's cache is dropped: a result computed at another
+        epoch must not be stored (compute it again)."""
+        return self._epochs.get(pkey, 0)
 
     def _part(self, pkey: str) -> _PartitionCache:
         part = self._parts.get(pkey)
@@ -153,9 +161,11 @@ class Pipeline:
     def process(self, records: Sequence[Record]) -> BatchResult:
         """Apply a batch of one partition's records (in offset order).
 
-        The returned result must be committed to the store (and :meth:`committed` called)
-        before the next batch of the same partition; until then the cache already holds
-        the new states, so a failed write must be retried with the *same* result.
+        The cache holds the new states as soon as this returns, and the next batch of the
+        partition continues from them (its result starts where this one ends): results of
+        one partition must be stored in the order they were computed, a failed write must
+        be retried with the *same* result, and a result that cannot be stored (a fence)
+        calls for :meth:`revoke`, which also invalidates every result computed after it.
         """
         if not records:
             raise ValueError("empty batch")
@@ -166,6 +176,14 @@ class Pipeline:
         result.skipped = len(records) - len(fresh)
         if not fresh:
             return result
+        self._apply(part, fresh, result)
+        # Only now, with the states updated: a read from the store that fails halfway
+        # through _apply raises with the cache as it was, and the retry starts over.
+        part.offset = result.last_offset
+        return result
+
+    def _apply(self, part: _PartitionCache, fresh: Sequence[Record], result: BatchResult) -> None:
+        pkey = result.partition_key
         result.last_offset = fresh[-1].offset
 
         if any(r.value is None for r in fresh):
@@ -187,7 +205,7 @@ class Pipeline:
             events = [e for i, e in enumerate(parsed) if i not in skip]
             sources = [r for i, r in enumerate(fresh) if i not in skip]
         if not events:
-            return result
+            return
 
         engine = part.engine
         missing = list({e.account_id for e in events if e.account_id not in engine})
@@ -215,7 +233,7 @@ class Pipeline:
             events = [ev for i, ev in enumerate(events) if i not in skip]
         result.states = engine.state_bytes({ev.account_id: None for ev in events})
         if not events:
-            return result
+            return
         t0 = time.perf_counter()
         student = self.student
         scores = student.score(X)
@@ -232,13 +250,11 @@ class Pipeline:
         result.event_ids = [ev.event_id for ev in events]
         result.score_array = scores
         result.features = X
-        return result
 
     def committed(self, result: BatchResult) -> None:
-        """Record that ``result`` is durably stored: later records start after it."""
+        """Record that ``result`` is durably stored (the cache may be trimmed now)."""
         part = self._parts.get(result.partition_key)
         if part is None:
-            return  # revoked while the batch was being stored: nothing cached to advance
-        part.offset = max(part.offset, result.last_offset)
-        if len(part.engine) > self.max_cached_accounts:
+            return  # revoked while the batch was being stored
+        if len(part.engine) > self.max_cached_accounts and part.offset == result.last_offset:
             part.engine.clear()  # bounded memory: the store is the source of truth

@@ -1,10 +1,13 @@
 """The plain aiokafka runner: the same core as the faust agent, without faust's per-event cost.
 
-``getmany`` returns batches per partition; each batch goes through
-:meth:`stream.worker.WorkerCore.handle` (Redis commit first); only offsets of batches
-already in Redis are committed to Kafka, explicitly (auto-commit is off), at most every
-``commit_interval_s`` and on shutdown. Redis holds the applied offsets, so a Kafka commit
-only sets where a restarted consumer resumes; replays below the Redis offset are no-ops.
+``getmany`` returns batches per partition. Two stages overlap: while batch ``k`` is being
+written (alerts and dead letters to Kafka, then states, offsets and alerts to Redis:
+:meth:`stream.worker.WorkerCore.persist`), batch ``k+1`` is fetched and computed
+(:meth:`~stream.worker.WorkerCore.prepare`); writes stay in batch order. Only offsets of
+batches already in Redis are committed to Kafka, explicitly (auto-commit is off), at most
+every ``commit_interval_s`` and on shutdown. Redis holds the applied offsets, so a Kafka
+commit only sets where a restarted consumer resumes; replays below the Redis offset are
+no-ops.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ class _Revoker(ConsumerRebalanceListener):
         self.core_ref = core_ref
 
     async def on_partitions_revoked(self, revoked) -> None:
+        # A batch still being written was computed from the caches about to be dropped:
+        # let it land first, so no result computed before the rebalance is stored after it.
+        writing = self.core_ref.get("writing")
+        if writing is not None and not writing.done():
+            try:
+                await asyncio.shield(writing)
+            except Exception:  # the runner loop sees (and raises) the same error
+                pass
         core = self.core_ref.get("core")
         if core is not None:
             for tp in revoked:
@@ -78,25 +89,37 @@ async def run_plain(settings: Settings, *, metrics: WorkerMetrics | None = None,
         await consumer.start()
         try:
             timeout_ms = max(1, int(settings.batch_within_s * 1000))
-            pending: dict = {}
+            stored: dict = {}                    # tp -> next offset, for batches already in Redis
             last_commit = time.monotonic()
+            writing: asyncio.Task | None = None  # the previous batch being written
+            writing_ends: dict = {}
             while stop is None or not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=settings.batch_max)
-                if batch:
-                    # aiokafka's ConsumerRecords are Records already (same attributes).
-                    await core.handle_groups(list(batch.values()))  # durably in Redis when this returns
-                    for tp, msgs in batch.items():
-                        pending[tp] = msgs[-1].offset + 1
+                # aiokafka's ConsumerRecords are Records already (same attributes). The next
+                # batch is computed while the previous one is written (Kafka, then Redis).
+                prepared = await core.prepare(list(batch.values())) if batch else None
+                if writing is not None:
+                    await writing  # durably in Redis when this returns
+                    stored.update(writing_ends)
+                    writing = None
+                if prepared is not None:
+                    writing = ref["writing"] = asyncio.create_task(core.persist(prepared))
+                    writing_ends = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                    await asyncio.sleep(0)  # let the write start (its Kafka sends go out now)
+                    for tp, end in writing_ends.items():
                         high = consumer.highwater(tp)
                         if high is not None:
-                            metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - pending[tp], 0))
+                            metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - end, 0))
                 else:
                     core.idle()
-                if pending and time.monotonic() - last_commit >= settings.commit_interval_s:
-                    await _commit(consumer, pending)
+                if stored and time.monotonic() - last_commit >= settings.commit_interval_s:
+                    await _commit(consumer, stored)
                     last_commit = time.monotonic()
-            if pending:
-                await _commit(consumer, pending)
+            if writing is not None:
+                await writing
+                stored.update(writing_ends)
+            if stored:
+                await _commit(consumer, stored)
         finally:
             await consumer.stop()
     finally:

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # -- Scoring ----------------------------------------------------------------------
     model_dir: str = Field("runs/student", description="student artifact directory")
     model_poll_s: float = Field(5.0, gt=0, description="how often the worker checks for a new model")
-    batch_max: int = Field(2000, ge=1, description="events per scoring batch at most")
+    batch_max: int = Field(5000, ge=1, description="events per scoring batch at most")
     batch_within_s: float = Field(0.01, gt=0, description="longest wait to fill a batch (adds up to this much latency)")
     reasons_k: int = Field(3, ge=1, le=10, description="reason codes stored with each alert")
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")

@@ -167,3 +167,92 @@ def test_redis_outage_does_not_switch_the_model_back_to_the_default(models, tmp_
     client.down = True
     assert watcher.poll() is None  # pointer unknown while Redis is down: keep serving
     assert watcher.dir == str(pointed)
+
+
+def _snapshot(store):
+    return dict(store.offsets), {k: dict(v) for k, v in store.states.items()}, set(store.all_alerts())
+
+
+def test_a_batch_prepared_while_the_previous_is_written_lands_as_if_sequential(models, small_events, tmp_path):
+    """The plain runner computes batch k+1 before batch k is stored: same end state."""
+    evs = sorted(small_events, key=lambda e: e["ts"])[:3000]
+    recs = records(evs)
+    chunks = [recs[:1000], recs[1000:2000], recs[2000:]]
+    ref, _, ref_store = make_core(models, tmp_path)
+    for chunk in chunks:
+        asyncio.run(ref.handle(chunk))
+
+    core, journal, store = make_core(models, tmp_path)
+
+    async def overlapped():
+        prepared = await core.prepare([chunks[0]])
+        for chunk in chunks[1:]:
+            following = await core.prepare([chunk])  # computed before the previous one is stored
+            await core.persist(prepared)
+            prepared = following
+        await core.persist(prepared)
+
+    asyncio.run(overlapped())
+    assert _snapshot(store) == _snapshot(ref_store)
+    assert [e[2] for e in journal.log if e[0] == "redis"] == [999, 1999, 2999]  # in batch order
+
+
+def test_a_batch_prepared_before_its_partition_was_dropped_is_computed_again(models, small_events, tmp_path):
+    """Batch k+1 was computed from the cache; the partition is then dropped (a rebalance)
+    and the store moved on meanwhile. Storing the stale result would write states
+    computed from the old cache; it must be computed again from the store."""
+    evs = sorted(small_events, key=lambda e: e["ts"])[:2000]
+    recs = records(evs)
+    core, _, store = make_core(models, tmp_path)
+    pkey = f"{TOPIC}:0"
+
+    async def run():
+        first = await core.prepare([recs[:1000]])
+        second = await core.prepare([recs[1000:]])
+        # Meanwhile another worker stored the first half, from empty states (say its
+        # history was cut), and this worker's partition cache is dropped.
+        other, _, _ = make_core(models, tmp_path, store=store)
+        await other.handle(recs[500:1000])
+        store.offsets[pkey] = 999
+        core.revoke(TOPIC, 0)
+        assert (await core.persist(first))[0].scored == 0  # at or below the stored offset now
+        await core.persist(second)
+
+    asyncio.run(run())
+    # What a worker starting from the store would have written for the second half.
+    expected_store = MemoryStore()
+    expected_store.offsets[pkey] = 999
+    expected_store.states = {pkey: dict(store_states_after(models, tmp_path, recs[500:1000]))}
+    fresh, _, _ = make_core(models, tmp_path, store=expected_store)
+    asyncio.run(fresh.handle(recs[1000:]))
+    assert store.states[pkey] == expected_store.states[pkey]
+    assert store.offsets[pkey] == 1999
+
+
+def store_states_after(models, tmp_path, recs):
+    core, _, store = make_core(models, tmp_path)
+    asyncio.run(core.handle(recs))
+    return store.states[f"{TOPIC}:0"]
+
+
+def test_a_state_read_failing_mid_batch_is_retried_without_losing_the_batch(models, small_events, tmp_path):
+    """Redis fails while the batch reads account states: the retry must process the whole
+    batch again (the cache must not already count it as done)."""
+    import redis as redis_lib
+
+    class FlakyLoads(MemoryStore):
+        fail_loads = 2
+
+        def load(self, pkey, accounts):
+            if self.fail_loads:
+                self.fail_loads -= 1
+                raise redis_lib.ConnectionError("Redis went away")
+            return super().load(pkey, accounts)
+
+    evs = sorted(small_events, key=lambda e: e["ts"])[:1500]
+    ref, _, ref_store = make_core(models, tmp_path)
+    asyncio.run(ref.handle(records(evs)))
+    core, _, store = make_core(models, tmp_path, store=FlakyLoads())
+    asyncio.run(core.handle(records(evs)))
+    assert core.metrics.value(core.metrics.retries) == 2
+    assert _snapshot(store) == _snapshot(ref_store)
