@@ -37,6 +37,13 @@ def main() -> None:
                                   "events_per_s": round(counted / elapsed) if elapsed > 0 else None}), flush=True)
                 os._exit(0)
 
+    # The same process settings as `txwatch worker`, so the ratio compares the agents'
+    # work and nothing else: the garbage-collector tuning and the GIL switch interval.
+    from stream.app import GIL_SWITCH_INTERVAL_S
+    from stream.worker import tune_gc
+
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    tune_gc()
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
