@@ -76,6 +76,9 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         web_enabled=False,
         producer_acks=-1,
         producer_max_request_size=settings.producer_max_request_bytes,
+        # Room for two batches: faust's consumer keeps filling the buffer while the agent
+        # computes and writes the previous batch (the default, 4096, is below one batch).
+        stream_buffer_maxsize=max(4096, 2 * settings.batch_max),
     )
     topic = app.topic(*settings.topics, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from stream.errors import ServiceUnavailable, TxwatchError
 from stream.pipeline import Alert, BatchResult
@@ -258,9 +259,23 @@ class RedisStore:
         live = [r for r in results if not r.empty]
         if not live:
             return [[] for _ in results]
+        try:
+            replies = self._run(live)
+        except NoScriptError:
+            # Redis lost its script cache (a restart, SCRIPT FLUSH): load it, send again.
+            # Nothing ran (every call names the same script), and a batch that did run
+            # would be a no-op the second time (its end offset is stored).
+            self.client.script_load(_COMMIT_LUA)
+            replies = self._run(live)
+        it = iter(replies)
+        return [[] if r.empty else self._added(r, next(it)) for r in results]
+
+    def _run(self, live: list[BatchResult]) -> list:
+        """One round trip: EVALSHA of the commit script per batch, pipelined. (redis-py's
+        Script objects would first ask SCRIPT EXISTS on every pipeline: a second round trip
+        per batch.)"""
         pipe = self.client.pipeline(transaction=False)
         for r in live:
             keys, args = self._script_call(r)
-            self._commit(keys=keys, args=args, client=pipe)
-        replies = iter(pipe.execute())
-        return [[] if r.empty else self._added(r, next(replies)) for r in results]
+            pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+        return pipe.execute()

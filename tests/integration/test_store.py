@@ -39,3 +39,17 @@ def test_commit_is_fenced_and_a_retried_commit_is_a_no_op(store, models, small_e
     with pytest.raises(FenceError):
         store.commit(stale_result)
     assert store.offset("ev:0") == 1499
+
+
+def test_commit_survives_redis_losing_its_script_cache(store, models, small_events):
+    """After a Redis restart (or SCRIPT FLUSH) the commit script is loaded again, once."""
+    events = sorted(small_events, key=lambda e: e["ts"])[:600]
+    records = [Record("ev", 1, i, orjson.dumps(e)) for i, e in enumerate(events)]
+    pipe = Pipeline(load_student(models["student"]), store)
+    first = pipe.process(records[:300])
+    store.commit(first)
+    store.client.script_flush()
+    second = pipe.process(records[300:])
+    store.commit(second)
+    assert store.offset("ev:1") == 599
+    assert store.client.script_exists(store._commit.sha) == [True]
