@@ -191,11 +191,6 @@ class Prepared:
         self.results.append(result)
         self.epochs.append(epoch)
 
-    @property
-    def records(self) -> int:
-        """How many records the prepared batches hold."""
-        return sum(len(g) for g in self.groups)
-
 
 class WorkerCore:
     """Batch handling shared by the runners."""
