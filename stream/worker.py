@@ -29,7 +29,7 @@ from stream.errors import ArtifactError, ServiceUnavailable, TxwatchError
 from stream.featurekernel import ensure_compiled
 from stream.metrics import WorkerMetrics
 from stream.model import Student, load_student
-from stream.pipeline import BatchResult, DeadLetter, Pipeline, Record
+from stream.pipeline import BatchResult, DeadLetter, Pipeline, Record, partition_key
 from stream.settings import Settings
 from stream.store import FenceError, RedisStore, StoreConfig
 
@@ -254,8 +254,11 @@ class WorkerCore:
         prepared = Prepared()
         for group in groups:
             if group:
+                # The epoch from before process(): conservative, a result that may span a
+                # revoke (process() waits on retries) is computed again before it is stored.
+                epoch = self.pipeline.epoch(partition_key(group[0].topic, group[0].partition))
                 result = await self._retry("reading states", lambda g=group: self.pipeline.process(g))
-                prepared.add(group, result, self.pipeline.epoch(result.partition_key))
+                prepared.add(group, result, epoch)
         return prepared
 
     async def persist(self, prepared: Prepared) -> list[BatchResult]:
