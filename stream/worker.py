@@ -233,16 +233,11 @@ class WorkerCore:
 
     async def handle(self, records: Sequence[Record]) -> list[BatchResult]:
         """Process a batch (any partitions, in offset order per partition); return once
-        everything is durably stored. See :meth:`handle_groups`."""
+        everything is durably stored: :meth:`prepare`, then :meth:`persist`."""
         groups: dict[tuple[str, int], list[Record]] = {}
         for r in records:
             groups.setdefault((r.topic, r.partition), []).append(r)
-        return await self.handle_groups(list(groups.values()))
-
-    async def handle_groups(self, groups: Sequence[Sequence[Record]]) -> list[BatchResult]:
-        """Process batches of distinct partitions (each in offset order); return once
-        everything is durably stored: :meth:`prepare`, then :meth:`persist`."""
-        return await self.persist(await self.prepare(groups))
+        return await self.persist(await self.prepare(list(groups.values())))
 
     async def prepare(self, groups: Sequence[Sequence[Record]]) -> Prepared:
         """Compute the batches' results (CPU only, unless a state must be read from Redis).
