@@ -18,7 +18,6 @@ import hashlib
 import inspect
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
@@ -177,19 +176,9 @@ def dead_letter_record(d: DeadLetter, max_bytes: int) -> tuple[bytes | None, byt
     return d.key, value, headers
 
 
-@dataclass
-class Prepared:
-    """Batches computed but not yet stored: per partition its records, its result, and the
-    partition's cache epoch when it was computed."""
-
-    groups: list[Sequence[Record]] = field(default_factory=list)
-    results: list[BatchResult] = field(default_factory=list)
-    epochs: list[int] = field(default_factory=list)
-
-    def add(self, group: Sequence[Record], result: BatchResult, epoch: int) -> None:
-        self.groups.append(group)
-        self.results.append(result)
-        self.epochs.append(epoch)
+# Batches computed but not yet stored: per partition its records, its result, and the
+# partition's cache epoch when it was computed (see Pipeline.epoch).
+Prepared = list[tuple[Sequence[Record], BatchResult, int]]
 
 
 class WorkerCore:
@@ -214,7 +203,7 @@ class WorkerCore:
 
     def revoke(self, topic: str, partition: int) -> None:
         """Drop a revoked partition's cached states."""
-        self.pipeline.revoke(f"{topic}:{partition}")
+        self.pipeline.revoke(partition_key(topic, partition))
 
     async def _retry(self, what: str, fn: Callable[[], object]) -> object:
         """Run ``fn`` (awaiting its result if it is awaitable) until it succeeds, backing
@@ -246,15 +235,15 @@ class WorkerCore:
         long as it stores them in the order they were prepared.
         """
         self._maybe_reload()
-        prepared = Prepared()
-        for group in groups:
-            if group:
-                # The epoch from before process(): conservative, a result that may span a
-                # revoke (process() waits on retries) is computed again before it is stored.
-                epoch = self.pipeline.epoch(partition_key(group[0].topic, group[0].partition))
-                result = await self._retry("reading states", lambda g=group: self.pipeline.process(g))
-                prepared.add(group, result, epoch)
-        return prepared
+        return [await self._compute(group) for group in groups if group]
+
+    async def _compute(self, group: Sequence[Record]) -> tuple[Sequence[Record], BatchResult, int]:
+        """One partition's batch, its result, and the partition's epoch from *before* the
+        computation: conservative, a result that may span a revoke (process() waits on
+        retries) is computed again before it is stored."""
+        epoch = self.pipeline.epoch(partition_key(group[0].topic, group[0].partition))
+        result = await self._retry("reading states", lambda: self.pipeline.process(group))
+        return group, result, epoch
 
     async def persist(self, prepared: Prepared) -> list[BatchResult]:
         """Make prepared batches durable; return their results once they are.
@@ -266,15 +255,11 @@ class WorkerCore:
         A batch whose partition was dropped since it was prepared (a fence met by an
         earlier batch, a rebalance) is computed again from the store first.
         """
-        pending = list(zip(prepared.groups, prepared.results, prepared.epochs))
+        pending = prepared
         done: list[tuple[BatchResult, Sequence[Record], list[str]]] = []
         while pending:
-            current = []
-            for group, result, epoch in pending:
-                if self.pipeline.epoch(result.partition_key) != epoch:
-                    result = await self._retry("reading states", lambda g=group: self.pipeline.process(g))
-                    epoch = self.pipeline.epoch(result.partition_key)
-                current.append((group, result, epoch))
+            current = [entry if self.pipeline.epoch(entry[1].partition_key) == entry[2]
+                       else await self._compute(entry[0]) for entry in pending]
             results = [result for _, result, _ in current]
             await self._publish(results)
             outcomes = await self._retry("writing the batch to Redis",
