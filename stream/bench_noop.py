@@ -16,9 +16,17 @@ import faust
 
 
 def main() -> None:
+    from stream.app import GIL_SWITCH_INTERVAL_S, set_fetch_wait
+    from stream.settings import load_settings
+    from stream.worker import tune_gc
+
     topic_name, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    app = faust.App(os.environ["TXWATCH_GROUP_ID"], broker=os.environ["TXWATCH_KAFKA_URL"], store="memory://",
-                    web_enabled=False, consumer_auto_offset_reset="earliest",
+    settings = load_settings()
+    # The worker's consumer settings: its fetch wait, and no leader topic (an always-empty
+    # partition that a short fetch wait would poll hundreds of times a second).
+    set_fetch_wait(settings.fetch_max_wait_ms)
+    app = faust.App(settings.group_id, broker=settings.kafka_url, store="memory://",
+                    web_enabled=False, consumer_auto_offset_reset="earliest", topic_disable_leader=True,
                     broker_session_timeout=6.0, broker_rebalance_timeout=6.0)
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     seen = {"n": 0, "t0": None, "first": 0}
@@ -39,9 +47,6 @@ def main() -> None:
 
     # The same process settings as `txwatch worker`, so the ratio compares the agents'
     # work and nothing else: the garbage-collector tuning and the GIL switch interval.
-    from stream.app import GIL_SWITCH_INTERVAL_S
-    from stream.worker import tune_gc
-
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     tune_gc()
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()

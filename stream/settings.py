@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     alerts_topic: str = Field("txwatch.alerts", description="alerts, for other consumers (key: event_id)")
     group_id: str = Field("txwatch", description="consumer group of the workers")
     session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
-    fetch_max_wait_ms: int = Field(5, ge=0, le=1000, description="longest a fetch waits for data; the embedded broker "
-                                                                 "holds every fetch this long, so it bounds latency there")
+    fetch_max_wait_ms: int = Field(50, ge=0, le=1000, description="longest the broker holds a fetch for data (Apache Kafka "
+                                   "answers as soon as data arrives; on the embedded broker it adds to latency, README)")
     rebalance_timeout_s: float = Field(10.0, gt=0, description="consumer group rebalance timeout")
 
     # -- Redis ------------------------------------------------------------------------
@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     model_dir: str = Field("runs/student", description="student artifact directory")
     model_poll_s: float = Field(5.0, gt=0, description="how often the worker checks for a new model")
     batch_max: int = Field(5000, ge=1, description="events per scoring batch at most")
-    batch_within_s: float = Field(0.01, gt=0, description="longest wait to fill a batch (adds up to this much latency)")
+    batch_within_s: float = Field(0.5, gt=0, description="longest a batch stays open; it is cut at once when no more "
+                                  "records are buffered, so a caught-up worker never waits for it (README)")
     reasons_k: int = Field(3, ge=1, le=10, description="reason codes stored with each alert")
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
     dead_letter_max_bytes: int = Field(1_000_000, ge=1024, description="dead-letter values larger than this are "

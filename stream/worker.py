@@ -176,6 +176,14 @@ def dead_letter_record(d: DeadLetter, max_bytes: int) -> tuple[bytes | None, byt
     return d.key, value, headers
 
 
+def group_by_partition(records: Sequence[Record]) -> list[list[Record]]:
+    """Records split by (topic, partition), each group in arrival order."""
+    groups: dict[tuple[str, int], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.topic, r.partition), []).append(r)
+    return list(groups.values())
+
+
 # Batches computed but not yet stored: per partition its records, its result, and the
 # partition's cache epoch when it was computed (see Pipeline.epoch).
 Prepared = list[tuple[Sequence[Record], BatchResult, int]]
@@ -223,10 +231,7 @@ class WorkerCore:
     async def handle(self, records: Sequence[Record]) -> list[BatchResult]:
         """Process a batch (any partitions, in offset order per partition); return once
         everything is durably stored: :meth:`prepare`, then :meth:`persist`."""
-        groups: dict[tuple[str, int], list[Record]] = {}
-        for r in records:
-            groups.setdefault((r.topic, r.partition), []).append(r)
-        return await self.persist(await self.prepare(list(groups.values())))
+        return await self.persist(await self.prepare(group_by_partition(records)))
 
     async def prepare(self, groups: Sequence[Sequence[Record]]) -> Prepared:
         """Compute the batches' results (CPU only, unless a state must be read from Redis).
