@@ -119,26 +119,19 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         queue = stream.channel.queue
         consumer = app.consumer
 
-        def more_buffered(event) -> bool:
-            # Events already in the agent's queue, or records of the partition known to
-            # the consumer (high watermark of its last fetch) that are not delivered yet.
-            if not queue.empty():
-                return True
-            message = event.message
-            high = consumer.highwater(message.tp)
-            return high is not None and high > message.offset + 1
-
         async def ack(events) -> None:
             for event in events:
                 await stream.ack(event)
 
         batcher = state["batcher"] = Batcher(core, max_items=settings.batch_max, max_wait_s=settings.batch_within_s,
-                                             buffered=more_buffered,
+                                             buffered=lambda event: more_buffered(queue, consumer, event),
                                              to_record=_record, ack=ack, on_error=_stop_worker)
         flusher = asyncio.ensure_future(batcher.run())
         try:
             async for event in stream.events():
                 await batcher.add(event)
+        except Exception as exc:  # noqa: BLE001 - a crashed agent would leave the worker idle
+            _stop_worker(exc)
         finally:
             flusher.cancel()
 
@@ -152,8 +145,11 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     async def report_lag() -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            pos = await consumer.position(tp)
+            try:
+                high = consumer.highwater(tp)
+                pos = await consumer.position(tp)
+            except Exception:  # noqa: BLE001 - revoked since assignment() was read
+                continue
             if high is not None and pos is not None:
                 metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - pos, 0))
 
@@ -161,6 +157,21 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     app.txwatch_state = state  # type: ignore[attr-defined]
     app.txwatch_publish = publish  # type: ignore[attr-defined]
     return app
+
+
+def more_buffered(queue, consumer, event) -> bool:
+    """Whether more records follow ``event`` right now: events already in the agent's
+    queue, or records of its partition that the consumer knows of (the high watermark of
+    its last fetch) but has not delivered yet. A hint for cutting batches, so when unsure
+    (the partition was revoked meanwhile: aiokafka asserts) it says no, and the batch is cut."""
+    if not queue.empty():
+        return True
+    message = event.message
+    try:
+        high = consumer.highwater(message.tp)
+    except Exception:  # noqa: BLE001
+        return False
+    return high is not None and high > message.offset + 1
 
 
 def _record(event) -> Record:

@@ -198,3 +198,29 @@ def test_drain_writes_and_acks_everything_added_so_far(models, small_events, tmp
     h = asyncio.run(run())
     assert h.acked == recs
     assert store.offsets[f"{recs[0].topic}:0"] == recs[-1].offset
+
+
+def test_more_buffered_reads_the_agent_queue_then_the_high_watermark():
+    """The faust runner's cut signal: queued events, or records the consumer knows of."""
+    import asyncio as aio
+    from types import SimpleNamespace
+
+    from stream.app import more_buffered
+
+    class Consumer:
+        def __init__(self, high):
+            self.high = high
+
+        def highwater(self, tp):
+            if isinstance(self.high, Exception):
+                raise self.high
+            return self.high
+
+    event = SimpleNamespace(message=SimpleNamespace(tp=("t", 0), offset=41))
+    empty, queued = aio.Queue(), aio.Queue()
+    queued.put_nowait("next")
+    assert more_buffered(queued, Consumer(42), event)                  # an event waits in the queue
+    assert more_buffered(empty, Consumer(50), event)                   # announced, not delivered yet
+    assert not more_buffered(empty, Consumer(42), event)               # offset 41 is the last one
+    assert not more_buffered(empty, Consumer(None), event)             # not fetched yet
+    assert not more_buffered(empty, Consumer(AssertionError("Partition is not assigned")), event)
