@@ -45,3 +45,21 @@ def test_soak_refuses_a_non_positive_length(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "soak", "--events", "e.jsonl", "--model", "m", "--seconds", "-1"])
     assert exc.value.code == 2 and "must be > 0" in capsys.readouterr().err
+
+
+def test_simulate_creates_the_output_directory(capsys, monkeypatch, tmp_path):
+    """The README's first command writes to runs/, which a fresh clone does not have."""
+    out = tmp_path / "runs" / "nested" / "events.jsonl"
+    code, _, err = run(capsys, monkeypatch, {}, "simulate", "--events", 500, "--accounts", 20, "--days", 2,
+                       "--out", out)
+    assert code == 0, err
+    assert 480 <= len(out.read_bytes().splitlines()) <= 500  # "a few less" than asked (simulate's docstring)
+
+
+def test_simulate_into_an_unwritable_place_fails_cleanly(capsys, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, _, err = run(capsys, monkeypatch, {}, "simulate", "--events", 500, "--accounts", 20, "--days", 2,
+                       "--out", blocker / "events.jsonl")
+    assert code == 2
+    assert err.startswith("txwatch: error:") and "a-file" in err and "Traceback" not in err

@@ -212,7 +212,7 @@ def write_events(path: str | os.PathLike, events: Iterable[dict], *, progress: b
     A ``.parquet`` suffix writes Parquet (the schema-1 fields only, ``ts`` as epoch
     milliseconds); any other suffix writes JSON Lines. The data goes to a temporary file in
     the same directory that replaces ``path`` only once complete, so a failure leaves
-    ``path`` as it was.
+    ``path`` as it was. Missing parent directories are created.
 
     Args:
         path: Target file.
@@ -224,6 +224,7 @@ def write_events(path: str | os.PathLike, events: Iterable[dict], *, progress: b
     """
     path = Path(path)
     total = len(events) if isinstance(events, Sized) else None
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with progress_bar(total, f"write {path.name}", enabled=progress) as bar:

@@ -373,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     except TxwatchError as exc:
         print(f"txwatch: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be written or read: the user's to fix, not a bug
+        print(f"txwatch: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("txwatch: interrupted", file=sys.stderr)
         return 130
