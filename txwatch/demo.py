@@ -184,6 +184,8 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
         if sample_key:
             log(f"  redis-cli -p {port} HGETALL '{sample_key}'")
         log(f"  TXWATCH_REDIS_URL={settings.redis_url} txwatch alerts --limit 10")
+        if not keep and not base.redis_url:
+            log("the embedded servers stop when the demo ends: run `txwatch demo --keep` to try these")
         if keep:
             log("servers keep running; press Ctrl-C to stop them")
             try:
