@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     alerts_topic: str = Field("txwatch.alerts", description="alerts, for other consumers (key: event_id)")
     group_id: str = Field("txwatch", description="consumer group of the workers")
     session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
-    fetch_max_wait_ms: int = Field(50, ge=0, le=1000, description="longest the broker holds a fetch for data (Apache Kafka "
-                                   "answers as soon as data arrives; on the embedded broker it adds to latency, README)")
+    fetch_max_wait_ms: int = Field(50, ge=1, le=1000, description="longest the broker holds a fetch for data, 1-1000 "
+                                   "(Apache Kafka answers as soon as data arrives; on the embedded broker it adds to "
+                                   "latency, and 0 returns no records at all; README)")
     rebalance_timeout_s: float = Field(10.0, gt=0, description="consumer group rebalance timeout")
 
     # -- Redis ------------------------------------------------------------------------

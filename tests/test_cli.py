@@ -25,6 +25,9 @@ def run(capsys, monkeypatch, env, *argv):
     ({}, ["bench", "soak", "--events", "missing.jsonl", "--model", "nowhere"], "does not exist"),
     ({"TXWATCH_LOG_LEVEL": "loud"}, ["worker"], "TXWATCH_LOG_LEVEL"),
     ({"TXWATCH_DEAD_LETTER_MAX_BYTES": "10"}, ["worker"], "TXWATCH_DEAD_LETTER_MAX_BYTES"),
+    # 0 would make a worker on the embedded broker consume nothing (Tansu answers a 0 ms
+    # fetch with no records; seen in a probe: nothing visible within 2 s, 100 of 100 times).
+    ({"TXWATCH_FETCH_MAX_WAIT_MS": "0"}, ["worker"], "TXWATCH_FETCH_MAX_WAIT_MS"),
 ])
 def test_operational_commands_fail_cleanly(capsys, monkeypatch, tmp_path, env, argv, words):
     monkeypatch.chdir(tmp_path)
