@@ -370,10 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except TxwatchError as exc:
-        print(f"txwatch: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path that cannot be written or read: the user's to fix, not a bug
+    except (TxwatchError, OSError) as exc:  # OSError: a path that cannot be read or written, not a bug
         print(f"txwatch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
