@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
     fetch_max_wait_ms: int = Field(50, ge=1, le=1000, description="longest the broker holds a fetch for data, 1-1000 "
                                    "(Apache Kafka answers as soon as data arrives; on the embedded broker it adds to "
-                                   "latency, and 0 returns no records at all; README)")
+                                   "latency, and 0 returns no records at all; docs/benchmarks.md)")
     rebalance_timeout_s: float = Field(10.0, gt=0, description="consumer group rebalance timeout")
 
     # -- Redis ------------------------------------------------------------------------
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     model_poll_s: float = Field(5.0, gt=0, description="how often the worker checks for a new model")
     batch_max: int = Field(5000, ge=1, description="events per scoring batch at most")
     batch_within_s: float = Field(0.5, gt=0, description="longest a batch stays open; it is cut at once when no more "
-                                  "records are buffered, so a caught-up worker never waits for it (README)")
+                                  "records are buffered, so a caught-up worker never waits for it (docs/stream.md)")
     reasons_k: int = Field(3, ge=1, le=10, description="reason codes stored with each alert")
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
     dead_letter_max_bytes: int = Field(1_000_000, ge=1024, description="dead-letter values larger than this are "

@@ -2,10 +2,13 @@
 
 Two sources give one :class:`Dataset` shape:
 
-* **events** (JSON Lines or Parquet of the event contract): events are validated, put in
-  event-time order (stable, so ties keep file order) and replayed through
-  :class:`stream.features.FeatureEngine`, the code the stream worker runs. Split by time:
-  the earliest days train, later days validate, the latest days test.
+* **events** (JSON Lines or Parquet of the event contract): events are validated and
+  replayed **in file order, the order the stream receives them**, through the worker's
+  own admission and compiled feature kernel (:mod:`stream.features.admission`): a
+  duplicate delivery is skipped, an event beyond the lateness tolerance is dropped (the
+  stream dead-letters it), a late one within it is applied with ``late = 1``; both drops
+  are counted. Split by time: the earliest days train, later days validate, the latest
+  days test.
 * **table** (CSV or Parquet of numeric feature columns, ``--label COL``): the feature
   engine is skipped, so distillation can be judged on any labelled dataset. Split by
   ``--time COL`` when given, otherwise stratified at random (seeded).
@@ -13,20 +16,20 @@ Two sources give one :class:`Dataset` shape:
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
+from typing import Sequence
 
 import numpy as np
 import orjson
 
-from stream.artifact import sha256_file
-from stream.errors import DataError, InvalidEvent
-from stream.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH, FeatureEngine
-from stream.schema import Event, event_from_dict, parse_event
+from stream.errors import DataError
+from stream.events.files import check_file, read_events
+from stream.events.schema import Event
+from stream.features.admission import StreamFeatures, replay_stream
+from stream.features.layout import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from stream.progress import progress_bar
+from stream.scoring.artifact import sha256_file
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
@@ -77,6 +80,8 @@ class Dataset:
         training = {"path": os.path.abspath(self.source), "sha256": self.fingerprint, "splits": self.describe()}
         if self.mode == "table":
             training["table"] = self.meta
+        else:
+            training["dropped"] = self.meta["dropped"]  # what the stream would not apply, counted
         return {"feature_mode": self.mode, "feature_names": list(self.feature_names),
                 "feature_schema_hash": self.feature_schema_hash, "schema_version": 1,
                 "training_data": training}
@@ -90,121 +95,12 @@ class Dataset:
         return out
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building many acyclic objects (it would rescan them all)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _check_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if not p.is_file():
-        raise DataError(f"{p}: not a regular file")
-    if p.stat().st_size == 0:
-        raise DataError(f"{p}: file is empty")
-    return p
-
-
-def _progress(total: int | None, desc: str, enabled: bool, unit: str = "ev"):
-    from training.progress import progress_bar
-
-    return progress_bar(total, desc, enabled=enabled, unit=unit)
-
-
-def read_events(path: str | os.PathLike, *, progress: bool = False) -> list[Event]:
-    """Read and validate every event of a JSONL or Parquet file.
-
-    Raises ``DataError`` naming the first invalid line (and how many there are): a
-    truncated or corrupted history must not silently train a model on part of it.
-    """
-    p = _check_file(path)
-    events: list[Event] = []
-    errors: list[str] = []
-    n_bad = 0
-    with _gc_paused():
-        if p.suffix.lower() == ".parquet":
-            rows = _parquet_rows(p)
-            bar = _progress(len(rows), f"reading {p.name}", progress)
-            for i, d in enumerate(rows, 1):
-                try:
-                    events.append(event_from_dict({k: v for k, v in d.items() if v is not None}))
-                except InvalidEvent as exc:
-                    n_bad += 1
-                    if len(errors) < 3:
-                        errors.append(f"row {i}: {exc}")
-                if i % 65536 == 0:
-                    bar.update(65536)
-            bar.close()
-        else:
-            size = p.stat().st_size
-            bar = _progress(size, f"reading {p.name}", progress, unit="B")
-            with open(p, "rb") as fh:
-                for i, line in enumerate(fh, 1):
-                    if i % 65536 == 0:
-                        bar.update(fh.tell() - bar.n)
-                    if not line.strip():
-                        continue
-                    try:
-                        events.append(parse_event(line))
-                    except InvalidEvent as exc:
-                        n_bad += 1
-                        if len(errors) < 3:
-                            errors.append(f"line {i}: {exc}")
-            bar.close()
-    if n_bad:
-        more = f" (and {n_bad - 1} more invalid)" if n_bad > 1 else ""
-        raise DataError(f"{p}: {errors[0]}{more}")
-    if not events:
-        raise DataError(f"{p}: contains no events")
-    return events
-
-
-def _parquet_rows(p: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(p).to_pylist()
-    except Exception as exc:  # pyarrow raises many types for a corrupt file
-        raise DataError(f"{p}: not a readable Parquet file ({exc.__class__.__name__}: {exc})") from None
-
-
-def order_by_time(events: list[Event]) -> list[Event]:
-    """Events in event-time order, each event id once; ties keep their input order.
-
-    A repeated event id is an upstream duplicate: the stream skips it, so training does too.
-    """
-    seen: set[str] = set()
-    unique = []
-    for e in events:
-        if e.event_id not in seen:
-            seen.add(e.event_id)
-            unique.append(e)
-    return sorted(unique, key=lambda e: e.ts)
-
-
-def build_features(events: list[Event], *, progress: bool = False) -> np.ndarray:
-    """Replay events (in the given order) through a fresh feature engine."""
-    engine = FeatureEngine()
-    if not progress:
-        with _gc_paused():
-            return engine.replay(events)
-    bar = _progress(len(events), "features", True)
-    chunks = []
-    step = 50_000
-    with _gc_paused():
-        for start in range(0, len(events), step):
-            chunks.append(engine.replay(events[start:start + step]))
-            bar.update(min(step, len(events) - start))
-    bar.close()
-    return np.concatenate(chunks) if chunks else np.zeros((0, len(FEATURE_NAMES)))
+def build_features(events: Sequence[Event], *, progress: bool = False) -> StreamFeatures:
+    """Features of ``events`` replayed in the given order as the stream would apply them:
+    the worker's admission (duplicates skipped, events beyond the lateness tolerance
+    refused) and its compiled kernel (:func:`stream.features.admission.replay_stream`)."""
+    with progress_bar(len(events), "features", enabled=progress) as bar:
+        return replay_stream(events, on_progress=bar.update)
 
 
 def time_split(ts: np.ndarray, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> np.ndarray:
@@ -250,17 +146,21 @@ def stratified_split(y: np.ndarray, seed: int = 0,
 
 
 def event_dataset(path: str | os.PathLike, *, progress: bool = False) -> Dataset:
-    """Events file -> features (shared engine), labels, scenarios, time split."""
-    events = order_by_time(read_events(path, progress=progress))
-    X = build_features(events, progress=progress)
-    y = np.fromiter((-1 if e.label is None else e.label for e in events), dtype=np.int8, count=len(events))
-    ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
-    scenario = np.array([e.scenario or ("normal" if e.label == 0 else "") for e in events], dtype=object)
+    """Events file -> features (the stream's admission and kernel, in file order), labels,
+    scenarios, time split. Events the stream would not apply are dropped and counted in
+    ``meta["dropped"]``: duplicates (skipped) and events too late to apply (dead-lettered)."""
+    events = read_events(path, progress=progress)
+    features = build_features(events, progress=progress)
+    kept = [events[i] for i in features.applied.tolist()]
+    y = np.fromiter((-1 if e.label is None else e.label for e in kept), dtype=np.int8, count=len(kept))
+    ts = np.fromiter((e.ts for e in kept), dtype=np.int64, count=len(kept))
+    scenario = np.array([e.scenario or ("normal" if e.label == 0 else "") for e in kept], dtype=object)
     return Dataset(
-        X=X, y=y, split=time_split(ts), feature_names=FEATURE_NAMES,
+        X=features.X, y=y, split=time_split(ts), feature_names=FEATURE_NAMES,
         feature_schema_hash=FEATURE_SCHEMA_HASH, mode="events", source=str(path),
         fingerprint=sha256_file(path), ts=ts, scenario=scenario,
-        meta={"accounts": len({e.account_id for e in events})},
+        meta={"accounts": len({e.account_id for e in kept}), "events": len(events),
+              "dropped": {"duplicates": len(features.duplicates), "late": len(features.late)}},
     )
 
 
@@ -279,7 +179,7 @@ def table_dataset(path: str | os.PathLike, label: str, *, time: str | None = Non
     """
     import pandas as pd
 
-    p = _check_file(path)
+    p = check_file(path)
     try:
         if p.suffix.lower() == ".parquet":
             df = pd.read_parquet(p)

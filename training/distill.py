@@ -10,7 +10,7 @@ Student families (each a scikit-learn-style trainer; ``fit`` returns self):
 
 * :class:`TreeStudent`: a small LightGBM with the ``cross_entropy`` objective on the soft
   targets, early-stopped on the validation period's soft targets, L2-regularised; its
-  size is capped at ``leaf_budget`` (default 1 %, chosen by measurement: README) of the teacher's leaves.
+  size is capped at ``leaf_budget`` (default 1 %, chosen by measurement: ``docs/models.md``) of the teacher's leaves.
 * :class:`LinearStudent`: logistic regression on standardised features, fitted to the
   soft targets by weighting each row once as positive (``p_T``) and once as negative
   (``1 - p_T``), which is exactly the soft cross-entropy; L2 penalty ``C``.
@@ -32,9 +32,9 @@ import lightgbm as lgb
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from stream.artifact import sha256_bytes, utc_now, version_stamp, write_artifact
 from stream.errors import DataError
-from stream.model import STUDENT_FILE, Student, student_payload_bytes
+from stream.scoring.artifact import sha256_bytes, utc_now, version_stamp, write_artifact
+from stream.scoring.student import STUDENT_FILE, Student, student_payload_bytes
 from training import metrics as M
 from training.dataset import TEST, TRAIN, VALID, Dataset
 from training.teacher import TEACHER_FILE, Teacher

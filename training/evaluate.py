@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from stream.errors import ArtifactError, DataError
-from stream.features import FEATURE_SCHEMA_HASH
-from stream.model import Student, load_student
+from stream.features.layout import FEATURE_SCHEMA_HASH
+from stream.scoring.student import Student, load_student
 from training import metrics as M
 from training.dataset import SPLIT_NAMES, Dataset, load_dataset
 from training.teacher import Teacher, load_teacher
@@ -31,7 +31,7 @@ def load_pair(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | Non
 
 def _load_any_student(model_dir: str | os.PathLike) -> Student:
     """Event-mode students are checked against this code's feature schema; table ones by names."""
-    from stream.artifact import read_artifact
+    from stream.scoring.artifact import read_artifact
 
     manifest, _ = read_artifact(model_dir, kind="student")
     if manifest.get("feature_mode") == "table":
@@ -84,6 +84,8 @@ def evaluate(student: Student, teacher: Teacher, ds: Dataset, *, period: str = "
         "auprc_ratio": None,
         "sizes": {"teacher": teacher_size, "student": student.manifest["size"]},
     }
+    if "dropped" in ds.meta:  # events the stream would not apply (duplicates, too late): not scored
+        result["dropped"] = ds.meta["dropped"]
     s, t = result["student"], result["teacher"]
     if t["auprc"]:
         result["auprc_ratio"] = s["auprc"] / t["auprc"]

@@ -1,11 +1,12 @@
 """Labelled, realistic exchange history: the training data of txwatch.
 
 :func:`simulate` builds a time-ordered list of exchange events (the schema-1 contract in
-:mod:`stream.schema`) for a population of accounts, and injects labelled fraud scenarios
-into it. :func:`write_events` stores events as JSON Lines or Parquet, atomically;
-:func:`read_events` reads either back. Everything is deterministic per seed: the same
-arguments give byte-identical files, because every random draw comes, in a fixed order,
-from one ``numpy.random.default_rng(seed)``.
+:mod:`stream.events.schema`) for a population of accounts, and injects labelled fraud
+scenarios into it; :func:`deliver` turns that history into the order a stream receives
+it, with late and duplicated deliveries (``txwatch simulate`` writes that order by
+default; :mod:`stream.events.files` writes and reads the files). Everything is
+deterministic per seed: the same arguments give byte-identical files, because every
+random draw comes, in a fixed order, from generators seeded by ``seed``.
 
 Market
     Every asset (BTC, ETH, SOL, USDT, XRP, DOGE, ADA) follows a correlated geometric
@@ -55,6 +56,16 @@ account's other events, and the deposits that fund a scheme, stay ``normal``)
     (or none since the start) logs in and withdraws 40-100 % of its balance in 1-2
     withdrawals. Labelled: the withdrawals.
 
+Delivery (:func:`deliver`)
+    A real exchange's event stream is not in event-time order: producers retry, services
+    publish with delays, partitions are rebalanced. A fraction of events (default 1 %)
+    arrives late, by a lag drawn lognormally (median 60 s, sigma 2: a few per cent of the
+    late ones come more than an hour late, beyond the stream's lateness tolerance), and a
+    fraction (default 0.5 %) is delivered twice, the copy 0-120 s after the original (an
+    at-least-once producer's retry). The stream's admission recognises a duplicate among
+    the account's last 32 events and applies a late event with ``late = 1``, or refuses it
+    beyond the tolerance; training replays the same order through the same admission.
+
 Every scenario has at least two instances, spread evenly over the period (the first
 starts in its first fifth, the last ends in its last fifth), and more in proportion to
 ``n_events``; the sizes of wash rings and bursts are capped for small simulations so the
@@ -63,23 +74,18 @@ positive rate stays at roughly 0.5-1.5 % (about 0.65 % for large ones).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence, Sized
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
-import orjson
 from tqdm import tqdm
 
-from stream.errors import ConfigError, DataError
-from stream.features import REPORTING_THRESHOLD_USD
-from stream.schema import EVENT_TYPES, MAX_TS_MS, MIN_TS_MS
-from training.progress import progress_bar
+from stream.errors import ConfigError
+from stream.events.schema import EVENT_TYPES, MAX_TS_MS, MIN_TS_MS
+from stream.features.layout import REPORTING_THRESHOLD_USD
+from stream.progress import progress_bar
 
-__all__ = ["ASSETS", "PERSONAS", "SCENARIOS", "read_events", "simulate", "write_events"]
+__all__ = ["ASSETS", "PERSONAS", "SCENARIOS", "deliver", "simulate"]
 
 DEPOSIT, WITHDRAWAL, TRADE, TRANSFER, LOGIN = (
     EVENT_TYPES.index(t) for t in ("deposit", "withdrawal", "trade", "transfer", "login")
@@ -170,12 +176,6 @@ _COLUMNS = (
     ("ip", np.int64), ("ctry", np.int64), ("label", np.int8), ("scen", np.int8),
     ("gen", np.bool_),
 )
-_PARQUET_FIELDS = (
-    ("event_id", "string"), ("ts", "int64"), ("account_id", "string"), ("type", "string"),
-    ("asset", "string"), ("amount", "float64"), ("usd_value", "float64"),
-    ("side", "string"), ("price", "float64"), ("counterparty", "string"), ("ip", "string"),
-    ("device_id", "string"), ("country", "string"), ("label", "int8"), ("scenario", "string"),
-)
 _CHUNK = 65_536
 
 
@@ -204,131 +204,6 @@ def simulate(
     """
     with progress_bar(n_events, "simulate", enabled=progress) as bar:
         return _Simulator(n_events, n_accounts, days, seed, start_ms, bar).run()
-
-
-def write_events(path: str | os.PathLike, events: Iterable[dict], *, progress: bool = False) -> int:
-    """Write events to a file atomically.
-
-    A ``.parquet`` suffix writes Parquet (the schema-1 fields only, ``ts`` as epoch
-    milliseconds); any other suffix writes JSON Lines. The data goes to a temporary file in
-    the same directory that replaces ``path`` only once complete, so a failure leaves
-    ``path`` as it was. Missing parent directories are created.
-
-    Args:
-        path: Target file.
-        events: Event dicts.
-        progress: Show a progress bar on stderr.
-
-    Returns:
-        The number of events written.
-    """
-    path = Path(path)
-    total = len(events) if isinstance(events, Sized) else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with progress_bar(total, f"write {path.name}", enabled=progress) as bar:
-            with os.fdopen(fd, "wb") as f:
-                if _is_parquet(path):
-                    count = _write_parquet(f, events, bar)
-                else:
-                    count = _write_jsonl(f, events, bar)
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return count
-
-
-def read_events(path: str | os.PathLike) -> Iterator[dict]:
-    """Read events written by :func:`write_events` (JSON Lines or Parquet, by suffix).
-
-    Args:
-        path: A ``.parquet`` file, or a JSON Lines file (blank lines are skipped).
-
-    Yields:
-        Event dicts; Parquet nulls are left out of the dict.
-
-    Raises:
-        DataError: The file is missing or a line is not a JSON object.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if _is_parquet(path):
-        yield from _read_parquet(path)
-        return
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {exc}") from None
-            if type(event) is not dict:
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            yield event
-
-
-def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() == ".parquet"
-
-
-def _write_jsonl(f, events: Iterable[dict], bar: tqdm) -> int:
-    dumps, option = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    count = 0
-    buf: list[bytes] = []
-    for event in events:
-        buf.append(dumps(event, option=option))
-        if len(buf) == _CHUNK:
-            f.write(b"".join(buf))
-            count += len(buf)
-            bar.update(len(buf))
-            buf.clear()
-    f.write(b"".join(buf))
-    bar.update(len(buf))
-    return count + len(buf)
-
-
-def _parquet_schema():
-    import pyarrow as pa
-
-    return pa.schema([(name, pa.type_for_alias(kind)) for name, kind in _PARQUET_FIELDS])
-
-
-def _write_parquet(f, events: Iterable[dict], bar: tqdm) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = _parquet_schema()
-    count = 0
-    with pq.ParquetWriter(f, schema, compression="zstd") as writer:
-        chunk: list[dict] = []
-        for event in events:
-            chunk.append(event)
-            if len(chunk) == _CHUNK:
-                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                count += len(chunk)
-                bar.update(len(chunk))
-                chunk = []
-        if chunk or not count:
-            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-            count += len(chunk)
-            bar.update(len(chunk))
-    return count
-
-
-def _read_parquet(path: Path) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_CHUNK):
-        for row in batch.to_pylist():
-            yield {k: v for k, v in row.items() if v is not None}
 
 
 class _Strings:
@@ -1006,6 +881,49 @@ class _Simulator:
                 update(_CHUNK)
         self.bar.update(n % _CHUNK)
         return events
+
+
+DEFAULT_LATE_FRACTION = 0.01
+DEFAULT_DUPLICATE_FRACTION = 0.005
+LATE_MEDIAN_S, LATE_SIGMA = 60.0, 2.0
+DUPLICATE_WITHIN_S = 120.0
+
+
+def deliver(events: list[dict], seed: int, *, late_fraction: float = DEFAULT_LATE_FRACTION,
+            duplicate_fraction: float = DEFAULT_DUPLICATE_FRACTION) -> list[dict]:
+    """The order in which a stream receives a time-ordered history: some events late, some twice.
+
+    Each event is late with probability ``late_fraction`` (it arrives a lognormal lag after
+    its event time, median ``LATE_MEDIAN_S``, sigma ``LATE_SIGMA``) and delivered a second
+    time with probability ``duplicate_fraction`` (the copy, with the same event id, arrives
+    up to ``DUPLICATE_WITHIN_S`` after the first delivery). Events are then ordered by
+    arrival (ties keep their order). The draws come from their own generator, so the
+    history itself does not change with these fractions; both 0 returns ``events`` as is.
+
+    >>> evs = [{"event_id": str(i), "ts": 1767571200000 + 1000 * i} for i in range(1000)]
+    >>> out = deliver(evs, 1, late_fraction=0.05, duplicate_fraction=0.01)
+    >>> len(out) > len(evs), sorted({e["event_id"] for e in out}) == sorted(e["event_id"] for e in evs)
+    (True, True)
+    >>> deliver(evs, 1, late_fraction=0.0, duplicate_fraction=0.0) == evs
+    True
+    """
+    for name, value in (("late_fraction", late_fraction), ("duplicate_fraction", duplicate_fraction)):
+        if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+            raise ConfigError(f"{name} must be at least 0 and below 1, got {value!r}")
+    if late_fraction == 0.0 and duplicate_fraction == 0.0:
+        return events
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    n = len(events)
+    arrival = np.array([e["ts"] for e in events], dtype=np.float64)
+    late = rng.random(n) < late_fraction
+    arrival[late] += rng.lognormal(math.log(LATE_MEDIAN_S * 1000.0), LATE_SIGMA, int(late.sum()))
+    twice = np.flatnonzero(rng.random(n) < duplicate_fraction)
+    copies = arrival[twice] + rng.uniform(0.0, DUPLICATE_WITHIN_S * 1000.0, len(twice))
+    index = np.concatenate([np.arange(n), twice])
+    order = np.lexsort((np.arange(len(index)), np.concatenate([arrival, copies])))
+    first = np.zeros(len(index), dtype=bool)
+    first[:n] = True
+    return [events[i] if first[j] else dict(events[i]) for i, j in zip(index[order].tolist(), order.tolist())]
 
 
 def _starts(counts: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from stream.artifact import read_artifact, utc_now, version_stamp, write_artifact
 from stream.errors import ArtifactError
+from stream.scoring.artifact import read_artifact, utc_now, version_stamp, write_artifact
 from training.dataset import TRAIN, VALID, Dataset
 
 TEACHER_FILE = "teacher.txt"
@@ -58,7 +58,7 @@ class TeacherTrainer:
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> "TeacherTrainer":
         """Train with early stopping on the validation set."""
-        from training.progress import progress_bar
+        from stream.progress import progress_bar
 
         self.params_ = self.params(y)
         # Column names live in the manifest; LightGBM gets positional ones (it rejects

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import orjson
 
 from stream.errors import TxwatchError
+from training.simulate import DEFAULT_DUPLICATE_FRACTION, DEFAULT_LATE_FRACTION
 
 
 def _log(quiet: bool) -> Callable[[str], None]:
@@ -41,6 +42,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -50,14 +58,25 @@ def _fraction(text: str) -> float:
 
 # -- commands -----------------------------------------------------------------
 
+def _log_data(log: Callable[[str], None], ds) -> None:
+    """One line about the data, with the events the stream would not apply (not trained on)."""
+    dropped = ds.meta.get("dropped")
+    drops = (f"; dropped as the stream would: {dropped['duplicates']:,} duplicate deliveries, "
+             f"{dropped['late']:,} beyond the lateness tolerance") if dropped else ""
+    log(f"data: {len(ds.y):,} rows, {len(ds.feature_names)} features, splits {ds.describe()}{drops}")
+
+
 def cmd_simulate(a: argparse.Namespace) -> int:
-    from training.simulate import simulate, write_events
+    from stream.events.files import write_events
+    from training.simulate import deliver, simulate
 
     log = _log(a.quiet)
-    events = simulate(a.events, a.accounts, a.days, a.seed, progress=not a.quiet)
+    history = simulate(a.events, a.accounts, a.days, a.seed, progress=not a.quiet)
+    events = deliver(history, a.seed, late_fraction=a.late_fraction, duplicate_fraction=a.duplicate_fraction)
     n = write_events(a.out, events, progress=not a.quiet)
-    pos = sum(1 for e in events if e.get("label") == 1)
-    log(f"wrote {n:,} events ({pos:,} labelled anomalous, {pos / max(n, 1):.2%}) to {a.out}")
+    pos = sum(1 for e in history if e.get("label") == 1)
+    log(f"wrote {n:,} deliveries of {len(history):,} events ({pos:,} labelled anomalous, "
+        f"{pos / max(len(history), 1):.2%}; {n - len(history):,} duplicate deliveries) to {a.out}")
     return 0
 
 
@@ -67,7 +86,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     log = _log(a.quiet)
     ds = load_dataset(a.events, label=a.label, time=a.time, seed=a.seed, progress=not a.quiet)
-    log(f"data: {len(ds.y):,} rows, {len(ds.feature_names)} features, splits {ds.describe()}")
+    _log_data(log, ds)
     params = {"n_estimators": a.trees, "num_leaves": a.leaves, "learning_rate": a.learning_rate,
               "early_stopping_rounds": a.early_stopping, "seed": a.seed, "progress": not a.quiet}
     manifest = train_teacher(ds, a.out, **params)
@@ -92,6 +111,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                       progress=not a.quiet)
     if ds.feature_schema_hash != tm["feature_schema_hash"]:
         raise TxwatchError(f"{a.teacher} was trained for another feature schema than {a.events} provides")
+    _log_data(log, ds)
     distill(ds, teacher, a.out, family=a.family, temperature=a.temperature,
             augment_factor=a.augment, noise=a.noise, leaf_budget=a.leaf_budget,
             alert_rate=a.alert_rate, precision=a.precision, tree_leaves=a.student_leaves,
@@ -106,6 +126,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     log = _log(a.quiet)
     student, teacher = load_pair(a.model, a.teacher)
     ds = dataset_for(student, a.events, label=a.label, time=a.time, progress=not a.quiet)
+    _log_data(log, ds)
     result = evaluate(student, teacher, ds, period=a.period)
     path = write(result, a.report)
     out = {k: v for k, v in result.items() if k != "_arrays"}
@@ -123,19 +144,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     if a.target == "models":
-        from training.bench import bench_models
+        from txwatch.bench.models import bench_models
 
         _print_json(bench_models(a.events, a.model, teacher_dir=a.teacher, calls=a.calls, log=_log(a.quiet)))
         return 0
     if a.target == "stream":
-        from stream.bench import bench_stream
+        from txwatch.bench.stream import bench_stream
 
         _setup_logging(True)
         _print_json(bench_stream(a.events, a.model, n=a.n, partitions=a.partitions, latency_rate=a.latency_rate,
                                  latency_seconds=a.latency_seconds, log=_log(a.quiet)))
         return 0
     if a.target == "soak":
-        from stream.soak import soak
+        from txwatch.bench.soak import soak
 
         _setup_logging(True)
         _print_json(soak(a.events, a.model, seconds=a.seconds, rate=a.rate, peak_events=a.peak_events,
@@ -173,19 +194,19 @@ def cmd_worker(a: argparse.Namespace) -> int:
     if not settings.kafka_url or not settings.redis_url:
         raise TxwatchError("the worker needs TXWATCH_KAFKA_URL and TXWATCH_REDIS_URL (or run `txwatch demo`)")
     if a.runner == "plain":
-        from stream.runner import run_plain_worker
+        from stream.runners.plain import run_plain_worker
 
         run_plain_worker(settings)
     else:
-        from stream.app import run_faust_worker
+        from stream.runners.faust_app import run_faust_worker
 
         run_faust_worker(settings)
     return 0
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
-    from stream.replay import replay
     from stream.settings import load_settings
+    from stream.tools.replay import replay
 
     settings = load_settings()
     if not settings.kafka_url:
@@ -199,8 +220,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
 def cmd_repartition(a: argparse.Namespace) -> int:
     import asyncio
 
-    from stream.repartition import run_repartition
-    from stream.worker import ensure_topics
+    from stream.adapters.kafka import ensure_topics
+    from stream.tools.repartition import run_repartition
 
     settings = _service_settings(a.quiet)
     if not settings.kafka_url:
@@ -229,8 +250,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_alerts(a: argparse.Namespace) -> int:
+    from stream.adapters.redis_store import redis_store
     from stream.settings import load_settings
-    from stream.worker import redis_store
 
     store = redis_store(load_settings())
     rows = []
@@ -238,8 +259,6 @@ def cmd_alerts(a: argparse.Namespace) -> int:
         for eid in store.alert_ids(pkey)[-a.limit:]:
             alert = store.alert(pkey, eid)
             if alert:
-                alert["reasons"] = orjson.loads(alert["reasons"])
-                alert["event"] = orjson.loads(alert["event"])
                 rows.append(alert)
     rows.sort(key=lambda r: int(r["ts"]), reverse=True)
     for row in rows[:a.limit]:
@@ -260,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=float, default=30.0, help="days of history (default 30)")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same file (default 0)")
     s.add_argument("--out", required=True, help="output path: .jsonl or .parquet")
+    s.add_argument("--late-fraction", type=_unit_interval, default=DEFAULT_LATE_FRACTION,
+                   help=f"share of events delivered late, out of event-time order (default {DEFAULT_LATE_FRACTION})")
+    s.add_argument("--duplicate-fraction", type=_unit_interval, default=DEFAULT_DUPLICATE_FRACTION,
+                   help=f"share of events delivered twice (default {DEFAULT_DUPLICATE_FRACTION})")
     s.set_defaults(func=cmd_simulate)
 
     def data_args(sp: argparse.ArgumentParser) -> None:

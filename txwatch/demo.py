@@ -24,8 +24,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-import orjson
-
 from stream.errors import TxwatchError
 from stream.settings import Settings, load_settings
 
@@ -39,7 +37,7 @@ def _split_history(events: list[dict], cutoff_ms: int) -> tuple[list[dict], list
 
 
 def _partitions(settings: Settings) -> list[str]:
-    from stream.pipeline import partition_key
+    from stream.core.pipeline import partition_key
 
     return [partition_key(settings.topics[0], p) for p in range(settings.partitions)]
 
@@ -72,13 +70,15 @@ def _wait_for(store, settings: Settings, target: int, worker: subprocess.Popen, 
 def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, runner: str,
              rate: float, teacher_trees: int, keep: bool, log: Callable[[str], None]) -> dict:
     """Run the demo; return its summary (also printed through ``log``)."""
-    from stream.embedded import EmbeddedKafka, EmbeddedRedis
-    from stream.replay import replay
-    from stream.worker import ensure_topics, redis_store
+    from stream.adapters.kafka import ensure_topics
+    from stream.adapters.redis_store import redis_store
+    from stream.events.files import write_events
+    from stream.tools.replay import replay
     from training.dataset import event_dataset
     from training.distill import distill
-    from training.simulate import simulate, write_events
+    from training.simulate import deliver, simulate
     from training.teacher import load_teacher, train_teacher
+    from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis
 
     base = load_settings()
     work = Path(workdir)
@@ -93,20 +93,21 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
             red = stack.enter_context(EmbeddedRedis())
             overrides["redis_url"] = red.url
             log(f"embedded Redis on {red.url}")
-        from stream.embedded import free_port
+        from txwatch.local.embedded import free_port
 
         settings = load_settings(model_dir=str(work / "student"), metrics_port=free_port(), **overrides)
 
         # -- data and models -------------------------------------------------------------
         log(f"simulating {days} days of history + 1 fresh day ({events:,} events, {accounts:,} accounts)")
-        all_events = simulate(events, accounts, days + 1, seed, progress=True)
+        # In the order a stream receives them: a few late and duplicated deliveries (docs/simulator.md).
+        all_events = deliver(simulate(events, accounts, days + 1, seed, progress=True), seed)
         start_ms = min(e["ts"] for e in all_events)
         cutoff = (start_ms // DAY_MS + days) * DAY_MS
         history, fresh = _split_history(all_events, cutoff)
         write_events(work / "history.jsonl", history)
         write_events(work / "fresh_day.jsonl", fresh)
         log(f"history: {len(history):,} events; fresh day: {len(fresh):,} events "
-            f"({sum(e['label'] for e in fresh):,} labelled anomalous)")
+            f"({len({e['event_id'] for e in fresh if e['label'] == 1}):,} labelled anomalous)")
         ds = event_dataset(work / "history.jsonl", progress=True)
         log("training the teacher (LightGBM)")
         manifest = train_teacher(ds, work / "teacher", n_estimators=teacher_trees, progress=True)
@@ -172,13 +173,13 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
                 h = store.alert(pkey, eid)
                 if h:
                     sample_key = sample_key or store.key(pkey, f"alert:{eid}")
-                    ev = orjson.loads(h["event"])
-                    reasons = ", ".join(f"{r['feature']} (+{r['contribution']:.2f})" for r in orjson.loads(h["reasons"]))
+                    ev = h["event"]
+                    reasons = ", ".join(f"{r['feature']} (+{r['contribution']:.2f})" for r in h["reasons"])
                     log(f"  alert {eid}: {ev['type']} {ev['usd_value']:,.0f} USD by {ev['account_id']}, "
                         f"score {float(h['score']):.3f}, scenario {ev.get('scenario')}; reasons: {reasons}")
         port = settings.redis_url.rsplit(":", 1)[-1].split("/")[0]
         log("")
-        log("read alerts in Redis (keys per partition; see README 'Alerts in Redis'):")
+        log("read alerts in Redis (keys per partition; see the README, 'Alerts in Redis'):")
         log(f"  redis-cli -p {port} SMEMBERS {settings.redis_prefix}:partitions")
         log(f"  redis-cli -p {port} XREVRANGE '{store.key(_partitions(settings)[0], 'alerts')}' + - COUNT 5")
         if sample_key:

@@ -17,12 +17,12 @@ import orjson
 import pytest
 import redis
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis
-from stream.features import FeatureEngine
-from stream.model import load_student
-from stream.schema import event_from_dict
+from stream.adapters.kafka import ensure_topics
+from stream.events.schema import event_from_dict
+from stream.features.reference import FeatureEngine
+from stream.scoring.student import load_student
 from stream.settings import Settings, load_settings
-from stream.worker import ensure_topics
+from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,10 @@ import time
 
 import pytest
 
-from stream.artifact import MANIFEST
-from tests.integration.conftest import alert_ids, offline, produce_events, redis_for, start_worker, wait_processed
+from stream.scoring.artifact import MANIFEST
+from tests.integration.conftest import (
+    alert_ids, offline, produce_events, redis_for, start_worker, wait_processed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -50,8 +52,8 @@ def _bad_artifacts(good, root):
     return out
 
 
-def test_running_worker_refuses_bad_artifacts_and_keeps_its_model(settings, models, small_events, tmp_path):
-    events = sorted(small_events, key=lambda e: e["ts"])[:10_000]
+def test_running_worker_refuses_bad_artifacts_and_keeps_its_model(settings, models, small_history, tmp_path):
+    events = small_history[:10_000]
     bad = _bad_artifacts(models["student"], tmp_path)
     chunks = [events[i * 2000:(i + 1) * 2000] for i in range(len(bad) + 1)]
     log_path = tmp_path / "worker.log"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.bench import bench_stream
+from txwatch.bench.stream import bench_stream
 
 pytestmark = pytest.mark.integration
 

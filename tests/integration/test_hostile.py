@@ -16,15 +16,16 @@ from collections import Counter
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings as hsettings
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from stream.errors import InvalidEvent
-from stream.schema import parse_event
+from stream.events.schema import parse_event
 from tests.integration.conftest import (
     alert_ids, consume_all, offline, produce, start_worker, stored_states, wait_processed,
 )
-from tests.stream.test_fuzz import GOOD, event_like, json_values
+from tests.stream.events.test_fuzz import GOOD, event_like, json_values
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -74,12 +75,12 @@ def refusal(raw: bytes) -> str | None:
     return None
 
 
-def test_hostile_payloads_are_dead_lettered_and_valid_events_scored(settings, models, small_events, tmp_path):
+def test_hostile_payloads_are_dead_lettered_and_valid_events_scored(settings, models, small_history, tmp_path):
     hostile = hostile_payloads(N_HOSTILE)
     assert len(hostile) >= N_HOSTILE
     refused = [p for p in hostile if refusal(p) is not None]
     accepted = [p for p in hostile if refusal(p) is None]  # (hypothesis may build a valid event)
-    valid = sorted(small_events, key=lambda e: e["ts"])[:6_000]
+    valid = small_history[:6_000]
     rng = random.Random(4)
     values, keys = [], []
     for e in valid:  # real events keyed by account, hostile ones spread between them

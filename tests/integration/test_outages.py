@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -20,11 +19,11 @@ import pytest
 import redis
 from kafka.admin import KafkaAdminClient
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, _wait_for_port, free_port
-from stream.worker import ensure_topics
+from stream.adapters.kafka import ensure_topics
 from tests.integration.conftest import (
     alert_ids, consume_all, offline, processed, produce_events, start_worker, stored_states, wait_processed,
 )
+from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis, _wait_for_port, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -32,8 +31,8 @@ OUTAGE_S = 12.0
 
 
 @pytest.fixture(scope="module")
-def outage_events(small_events):
-    return sorted(small_events, key=lambda e: e["ts"])[:40_000]
+def outage_events(small_history):
+    return small_history[:40_000]
 
 
 def committed_offsets(s) -> dict[int, int]:

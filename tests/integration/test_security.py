@@ -18,12 +18,13 @@ import orjson
 import pytest
 import redis
 
-from stream.app import _credentials
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from stream.adapters.kafka import ensure_topics
+from stream.adapters.redis_store import redis_client
+from stream.runners.faust_app import _credentials
 from stream.settings import load_settings
-from stream.worker import ensure_topics, redis_client
 from tests.integration.conftest import ROOT, env_for, offline, start_worker
 from tests.integration.tls import TLSProxy, self_signed
+from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -56,12 +57,12 @@ def secure_settings(secure, models, **extra):
         metrics_port=0, session_timeout_s=6, rebalance_timeout_s=6, log_interval_s=1) | extra))
 
 
-def test_worker_over_tls_with_redis_password_keeps_secrets_out_of_its_logs(secure, models, small_events, tmp_path):
+def test_worker_over_tls_with_redis_password_keeps_secrets_out_of_its_logs(secure, models, small_history, tmp_path):
     from kafka import KafkaProducer
 
     s = secure_settings(secure, models)
     ensure_topics(s)
-    events = sorted(small_events, key=lambda e: e["ts"])[:3000]
+    events = small_history[:3000]
     producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, **s.kafka_client_options())
     for e in events:
         producer.send(s.topics[0], value=orjson.dumps(e), key=e["account_id"].encode())

@@ -1,6 +1,6 @@
 """Reliability: five minutes at half the measured peak on one faust worker (slow).
 
-Runs ``txwatch bench soak`` (``stream.soak``) on the session's small history: the peak is
+Runs ``txwatch bench soak`` (``txwatch.bench.soak``) on the session's small history: the peak is
 measured first, then half of it is offered for 300 s. The worker's RSS after the warm-up
 must grow by less than 10 %, the lag must stay bounded, no sample interval may show lag
 without progress, every event must be processed, and Redis must hold each alert once.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.soak import soak
+from txwatch.bench.soak import soak
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]
 

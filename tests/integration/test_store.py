@@ -8,9 +8,10 @@ import orjson
 import pytest
 import redis
 
-from stream.model import load_student
-from stream.pipeline import Pipeline, Record
-from stream.store import FenceError, RedisStore, StoreConfig
+from stream.adapters.redis_store import RedisStore, StoreConfig
+from stream.core.pipeline import Pipeline
+from stream.core.ports import FenceError, Record
+from stream.scoring.student import load_student
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +25,8 @@ def store(redis_server):
         client.delete(key)
 
 
-def test_commit_is_fenced_and_a_retried_commit_is_a_no_op(store, models, small_events):
-    events = sorted(small_events, key=lambda e: e["ts"])[:3000]
+def test_commit_is_fenced_and_a_retried_commit_is_a_no_op(store, models, small_history):
+    events = small_history[:3000]
     records = [Record("ev", 0, i, orjson.dumps(e)) for i, e in enumerate(events)]
     student = load_student(models["student"])
     result = Pipeline(student, store).process(records[:1500])
@@ -41,9 +42,9 @@ def test_commit_is_fenced_and_a_retried_commit_is_a_no_op(store, models, small_e
     assert store.offset("ev:0") == 1499
 
 
-def test_commit_survives_redis_losing_its_script_cache(store, models, small_events):
+def test_commit_survives_redis_losing_its_script_cache(store, models, small_history):
     """After a Redis restart (or SCRIPT FLUSH) the commit script is loaded again, once."""
-    events = sorted(small_events, key=lambda e: e["ts"])[:600]
+    events = small_history[:600]
     records = [Record("ev", 1, i, orjson.dumps(e)) for i, e in enumerate(events)]
     pipe = Pipeline(load_student(models["student"]), store)
     first = pipe.process(records[:300])

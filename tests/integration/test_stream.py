@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from stream.runner import run_plain
+from stream.runners.plain import run_plain
 from tests.integration.conftest import (
     ROOT, alert_ids, consume_all, env_for, offline, processed, produce, produce_events, redis_for,
     start_worker, stored_states, wait_processed,
@@ -25,8 +25,8 @@ N = 12_000
 
 
 @pytest.fixture(scope="module")
-def stream_events(small_events):
-    return sorted(small_events, key=lambda e: e["ts"])[:N]
+def stream_events(small_history):
+    return small_history[:N]
 
 
 def run_plain_until(s, n):
@@ -142,8 +142,8 @@ def test_faust_worker_scores_and_hot_reloads(settings, models, stream_events, tm
         worker.wait(20)
 
 
-def test_killed_worker_restarts_to_the_same_states_and_alerts(settings, models, small_events, tmp_path):
-    events = sorted(small_events, key=lambda e: e["ts"])
+def test_killed_worker_restarts_to_the_same_states_and_alerts(settings, models, small_history, tmp_path):
+    events = small_history
     n = len(events)
     produce_events(settings, events)
     worker = start_worker(settings, "plain", tmp_path / "w1.log")
@@ -179,7 +179,7 @@ def test_unreachable_redis_is_one_clear_error(settings, tmp_path):
 def test_repartition_keys_by_account_and_dead_letters_the_rest(settings, models, stream_events):
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from stream.repartition import run_repartition
+    from stream.tools.repartition import run_repartition
 
     source = settings.topics[0] + "-unkeyed"
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)

@@ -14,7 +14,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from stream.embedded import free_port
+from txwatch.local.embedded import free_port
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

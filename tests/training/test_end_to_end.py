@@ -9,12 +9,12 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.features import FEATURE_SCHEMA_HASH
-from stream.model import load_student
+from stream.features.layout import FEATURE_SCHEMA_HASH
+from stream.scoring.student import load_student
+from tests.conftest import LEAF_BUDGET
 from training import metrics as M
 from training.dataset import TEST
 from training.teacher import load_teacher
-from tests.conftest import LEAF_BUDGET
 from txwatch.cli import main
 
 
@@ -113,8 +113,8 @@ def test_simulate_cli_is_deterministic(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
-    from sklearn.datasets import make_classification
     import pandas as pd
+    from sklearn.datasets import make_classification
 
     X, y = make_classification(n_samples=40_000, n_features=10, n_informative=6, weights=[0.95],
                                flip_y=0.01, random_state=3)
@@ -151,7 +151,7 @@ def test_tabular_time_split(table, tmp_path, capsys):
     assert code == 0, err
     m = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert "when" not in m["feature_names"]
-    from training.dataset import TRAIN, VALID, TEST, table_dataset
+    from training.dataset import TEST, TRAIN, VALID, table_dataset
     ds = table_dataset(table, "is fraud", time="when")
     assert ds.ts[ds.split == TRAIN].max() < ds.ts[ds.split == VALID].min()
     assert ds.ts[ds.split == VALID].max() < ds.ts[ds.split == TEST].min()

@@ -11,7 +11,6 @@ import pytest
 
 from training import metrics as M
 
-
 # --------------------------------------------------------------------------- ranking
 
 

@@ -8,9 +8,12 @@ from collections import defaultdict
 import pytest
 
 from stream.errors import ConfigError, DataError
-from stream.features import REPORTING_THRESHOLD_USD
-from stream.schema import EVENT_TYPES, event_from_dict
-from training.simulate import ASSETS, SCENARIOS, read_events, simulate, write_events
+from stream.events.files import read_event_dicts, write_events
+from stream.events.schema import EVENT_TYPES, event_from_dict
+from stream.features.layout import REPORTING_THRESHOLD_USD
+from training.simulate import (
+    ASSETS, DEFAULT_DUPLICATE_FRACTION, DEFAULT_LATE_FRACTION, SCENARIOS, deliver, simulate,
+)
 
 START = 1767571200000
 DAY = 86_400_000
@@ -223,7 +226,7 @@ def test_outflows_rarely_exceed_deposits(by_account):
 def test_write_and_read_round_trip(tmp_path, events, suffix):
     path = tmp_path / f"events{suffix}"
     assert write_events(path, iter(events)) == len(events)
-    assert list(read_events(path)) == events
+    assert list(read_event_dicts(path)) == events
 
 
 def test_write_is_atomic(tmp_path, events):
@@ -243,10 +246,10 @@ def test_write_is_atomic(tmp_path, events):
 
 def test_read_events_reports_bad_files(tmp_path):
     with pytest.raises(DataError):
-        list(read_events(tmp_path / "missing.jsonl"))
+        list(read_event_dicts(tmp_path / "missing.jsonl"))
     broken = tmp_path / "broken.jsonl"
     broken.write_bytes(b'{"event_id": "e1"}\n\n{not json\n')
-    reader = read_events(broken)
+    reader = read_event_dicts(broken)
     assert next(reader) == {"event_id": "e1"}
     with pytest.raises(DataError, match=":3:"):
         next(reader)
@@ -276,3 +279,25 @@ def test_no_progress_bar_in_logs(capsys):
     simulate(5_000, 50, 2, 1, progress=True)  # stderr is not a terminal under pytest
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_delivery_is_late_and_duplicated_by_the_stated_fractions(events):
+    out = deliver(events, 3)
+    assert out == deliver(events, 3) and out != deliver(events, 4)  # deterministic per seed
+    ids = [e["event_id"] for e in out]
+    assert sorted(set(ids)) == sorted(e["event_id"] for e in events)  # nothing lost or invented
+    duplicates = len(ids) - len(set(ids))
+    assert 0.5 * DEFAULT_DUPLICATE_FRACTION < duplicates / len(events) < 1.5 * DEFAULT_DUPLICATE_FRACTION
+    newest, behind = 0, 0
+    for e in out:
+        behind += e["ts"] < newest
+        newest = max(newest, e["ts"])
+    # Late events (and the duplicate copies) arrive behind newer ones.
+    assert 0.5 * DEFAULT_LATE_FRACTION < (behind - duplicates) / len(events) < 1.5 * DEFAULT_LATE_FRACTION
+    assert deliver(events, 3, late_fraction=0.0, duplicate_fraction=0.0) == events
+
+
+@pytest.mark.parametrize("kwargs", [{"late_fraction": -0.1}, {"duplicate_fraction": 1.0}, {"late_fraction": "x"}])
+def test_bad_delivery_fractions_are_config_errors(events, kwargs):
+    with pytest.raises(ConfigError):
+        deliver(events[:10], 1, **kwargs)

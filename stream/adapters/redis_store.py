@@ -1,0 +1,264 @@
+"""State and alert stores: where a batch's result lands in one atomic step.
+
+Redis key layout (``P`` = the configurable prefix, default ``txwatch``; ``{t:p}`` is the
+input topic and partition, a Redis Cluster hash tag, so one partition's keys share a slot):
+
+==================================  ======  ==================================================
+key                                 type    contents
+==================================  ======  ==================================================
+``P:{t:p}:offset``                  string  last applied Kafka offset of the partition
+``P:{t:p}:state``                   hash    account_id -> serialised feature state (~0.5 KB)
+``P:{t:p}:alert:<event_id>``        hash    one alert: event_id, account_id, ts, score,
+                                            threshold, model_version, reasons (JSON), event
+                                            (JSON), status (``open``), created_ms; TTL =
+                                            retention
+``P:{t:p}:alerts``                  stream  the partition's alerts, newest last, ``MAXLEN ~``
+``P:{t:p}:alerts:by_time``          zset    event_id scored by event time; entries older than
+                                            the newest by more than the retention are trimmed
+``P:partitions``                    set     every ``t:p`` that has written (to find the keys)
+``P:alerts:live``                   pubsub  channel: each new alert as JSON
+==================================  ======  ==================================================
+
+One Lua script applies a whole batch: it checks that the stored offset is the one the
+worker started from (a fence: a worker that lost the partition cannot overwrite newer
+state), stores states, offset and new alerts, skips alerts whose hash already exists
+(idempotent by event_id), and returns the ids it added. Scripts run atomically. A batch
+whose end offset is already stored was applied before (a retry after a lost reply) and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import orjson
+import redis
+from redis.exceptions import NoScriptError
+
+from stream.core.pipeline import BatchResult
+from stream.core.ports import FenceError
+from stream.errors import ServiceUnavailable
+from stream.events.alerts import HASH_FIELDS, alert_hash, decode_alert_hash
+from stream.settings import Settings
+
+# What "Redis is not reachable right now" looks like from redis-py; reported to the core
+# as ServiceUnavailable, which it retries.
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+@contextlib.contextmanager
+def _reachable(what: str) -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise ServiceUnavailable(f"Redis {what}: {exc.__class__.__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Key prefix and alert retention."""
+
+    prefix: str = "txwatch"
+    alerts_maxlen: int = 100_000        # per-partition stream length (approximate trim)
+    alert_ttl_s: int = 90 * 86_400      # alert hashes and time index: 90 days
+
+
+# The alert hash's field names come from the one alert codec (stream.events.alerts).
+_COMMIT_LUA = "local FIELDS = {" + ", ".join(f"'{name}'" for name in HASH_FIELDS) + "}\n" + """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if cur == tonumber(ARGV[2]) then return {0} end
+if cur ~= tonumber(ARGV[1]) then return {-1, cur} end
+redis.call('SET', KEYS[1], ARGV[2])
+local i = 7
+local n = tonumber(ARGV[6])
+local step = 200
+local j = 0
+while j < n do
+  local k = math.min(step, n - j)
+  local args = {}
+  for q = 1, 2 * k do args[q] = ARGV[i + q - 1] end
+  redis.call('HSET', KEYS[2], unpack(args))
+  i = i + 2 * k
+  j = j + k
+end
+local added = {0}
+local m = tonumber(ARGV[i]); i = i + 1
+local ttl = tonumber(ARGV[4])
+for a = 1, m do
+  local eid, ts, fields = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local akey = ARGV[3] .. eid
+  if redis.call('EXISTS', akey) == 0 then
+    local f = cjson.decode(fields)
+    local hset = {akey}
+    for q, name in ipairs(FIELDS) do
+      hset[2 * q] = name
+      hset[2 * q + 1] = f[name]
+    end
+    redis.call('HSET', unpack(hset))
+    redis.call('PEXPIRE', akey, ttl * 1000)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event_id', eid, 'score', f.score,
+      'account_id', f.account_id, 'ts', ts)
+    redis.call('ZADD', KEYS[4], ts, eid)
+    redis.call('PUBLISH', KEYS[5], fields)
+    added[1] = added[1] + 1
+    added[#added + 1] = eid
+  end
+end
+if m > 0 then
+  local newest = redis.call('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if newest[2] then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%.0f', tonumber(newest[2]) - ttl * 1000))
+  end
+end
+redis.call('SADD', KEYS[6], ARGV[i])
+return added
+"""
+
+
+class RedisStore:
+    """Account states, offsets and alerts in Redis (standalone or Cluster), one script per batch."""
+
+    def __init__(self, client, config: StoreConfig = StoreConfig()) -> None:
+        self.client = client
+        self.config = config
+        self._commit = client.register_script(_COMMIT_LUA)
+
+    # -- keys ---------------------------------------------------------------------
+    def key(self, pkey: str, suffix: str) -> str:
+        """``prefix:{topic:partition}:suffix``."""
+        return f"{self.config.prefix}:{{{pkey}}}:{suffix}"
+
+    @property
+    def live_channel(self) -> str:
+        """Pub/sub channel of new alerts."""
+        return f"{self.config.prefix}:alerts:live"
+
+    @property
+    def partitions_key(self) -> str:
+        """Set of partitions that have written."""
+        return f"{self.config.prefix}:partitions"
+
+    # -- reads ----------------------------------------------------------------------
+    def load(self, pkey: str, accounts: Sequence[str]) -> dict[str, bytes | None]:
+        """States of ``accounts`` (one HMGET)."""
+        with _reachable("state read"):
+            values = self.client.hmget(self.key(pkey, "state"), list(accounts))
+        return dict(zip(accounts, values))
+
+    def offset(self, pkey: str) -> int:
+        """Last applied offset (-1 if none)."""
+        with _reachable("offset read"):
+            raw = self.client.get(self.key(pkey, "offset"))
+        return -1 if raw is None else int(raw)
+
+    def applied_count(self, pkeys) -> int:
+        """Records applied over these partitions (offsets are 0-based; -1 means none)."""
+        return sum(self.offset(pkey) + 1 for pkey in pkeys)
+
+    def partitions(self) -> list[str]:
+        """Every partition that has written, sorted."""
+        return sorted(p.decode() for p in self.client.smembers(self.partitions_key))
+
+    def alert(self, pkey: str, event_id: str) -> dict[str, Any] | None:
+        """One alert, decoded (:func:`stream.events.alerts.decode_alert_hash`), or None."""
+        raw = self.client.hgetall(self.key(pkey, f"alert:{event_id}"))
+        return decode_alert_hash(raw) if raw else None
+
+    def alert_ids(self, pkey: str) -> list[str]:
+        """Event ids of a partition's alerts in event-time order."""
+        return [e.decode() for e in self.client.zrange(self.key(pkey, "alerts:by_time"), 0, -1)]
+
+    # -- the atomic write ---------------------------------------------------------------
+    def _script_call(self, result: BatchResult) -> tuple[list[str], list[Any]]:
+        pkey = result.partition_key
+        now = int(time.time() * 1000)
+        args: list[Any] = [result.first_offset, result.last_offset, self.key(pkey, "alert:"),
+                           self.config.alert_ttl_s, self.config.alerts_maxlen, len(result.states)]
+        for acct, blob in result.states.items():
+            args.append(acct)
+            args.append(blob)
+        args.append(len(result.alerts))
+        for a in result.alerts:
+            args += [a.event_id, a.ts, orjson.dumps(alert_hash(a, now))]
+        args.append(pkey)
+        keys = [self.key(pkey, "offset"), self.key(pkey, "state"), self.key(pkey, "alerts"),
+                self.key(pkey, "alerts:by_time"), self.live_channel, self.partitions_key]
+        return keys, args
+
+    @staticmethod
+    def _added(result: BatchResult, reply) -> list[str] | FenceError:
+        if reply and reply[0] == -1:
+            return FenceError(f"{result.partition_key}: stored offset is {reply[1]}, this worker expected "
+                              f"{result.first_offset}; the partition moved to another worker")
+        return [e.decode() if isinstance(e, bytes) else e for e in reply[1:]]
+
+    def commit(self, result: BatchResult) -> list[str]:
+        """Apply a batch in one script; return the newly added alert ids.
+
+        Raises ``FenceError`` if the stored offset is not the one the batch started from.
+        """
+        outcome = self.commit_many([result])[0]
+        if isinstance(outcome, FenceError):
+            raise outcome
+        return outcome
+
+    def commit_many(self, results: list[BatchResult]) -> list[list[str] | FenceError]:
+        """Apply several partitions' batches in one round trip (one atomic script each).
+
+        Returns, per result, the newly added alert ids or the ``FenceError`` it met.
+        """
+        live = [r for r in results if not r.empty]
+        if not live:
+            return [[] for _ in results]
+        with _reachable("batch write"):
+            try:
+                replies = self._run(live)
+            except NoScriptError:
+                # Redis lost its script cache (a restart, SCRIPT FLUSH): load it, send again.
+                # Nothing ran (every call names the same script), and a batch that did run
+                # would be a no-op the second time (its end offset is stored).
+                self.client.script_load(_COMMIT_LUA)
+                replies = self._run(live)
+        it = iter(replies)
+        return [[] if r.empty else self._added(r, next(it)) for r in results]
+
+    def _run(self, live: list[BatchResult]) -> list:
+        """One round trip: EVALSHA of the commit script per batch, pipelined. (redis-py's
+        Script objects would first ask SCRIPT EXISTS on every pipeline: a second round trip
+        per batch.)"""
+        pipe = self.client.pipeline(transaction=False)
+        for r in live:
+            keys, args = self._script_call(r)
+            pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+        return pipe.execute()
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client for the settings' URL; ``ServiceUnavailable`` naming it if unreachable."""
+    if not settings.redis_url:
+        raise ServiceUnavailable("TXWATCH_REDIS_URL is not set")
+    kwargs = {"socket_connect_timeout": 3.0, "socket_timeout": 10.0, "health_check_interval": 30}
+    if settings.redis_password is not None:
+        kwargs["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = "required"
+        if settings.redis_tls_ca_file:
+            kwargs["ssl_ca_certs"] = settings.redis_tls_ca_file
+    client = redis.Redis.from_url(settings.redis_url, **kwargs)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise ServiceUnavailable(f"Redis at {settings.redacted_redis_url()} refused the credentials") from None
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.redacted_redis_url()}: {exc}") from None
+    return client
+
+
+def redis_store(settings: Settings, client: redis.Redis | None = None) -> RedisStore:
+    """The store for these settings (key prefix, retention), on ``client`` or a new connection."""
+    config = StoreConfig(settings.redis_prefix, settings.alerts_maxlen, int(settings.alert_ttl_days * 86_400))
+    return RedisStore(client if client is not None else redis_client(settings), config)

@@ -1,0 +1,199 @@
+"""The engine-agnostic pipeline core: records in -> states, alerts, dead letters out.
+
+A runner (the faust agent, or the plain aiokafka loop) hands :meth:`Pipeline.process` a
+batch of Kafka records of one partition and gets back a :class:`BatchResult`: the new
+serialised states of the accounts the batch touched, its alerts, its dead letters and the
+partition's last offset. The runner writes that result to the state store in one atomic
+step and only then commits Kafka offsets.
+
+Effectively-once: records at or below the partition's stored offset are skipped, so a
+batch replayed after a crash or a rebalance changes nothing. States are cached per
+partition; a cache miss reads the store; a revoked partition's cache is dropped.
+
+No Kafka or Redis here: the store is any :class:`stream.core.ports.StateSource`
+(``load(partition_key, accounts)`` and ``offset(partition_key)``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from stream.core.ports import Record, StateSource
+from stream.events.alerts import Alert
+from stream.events.deadletters import DeadLetter
+from stream.events.schema import MAX_EVENT_BYTES, Event, parse_events
+from stream.features.admission import admit_batch
+from stream.features.kernel import BatchFeatureEngine
+from stream.features.layout import StateFormatError
+from stream.scoring.student import Student
+
+
+@dataclass
+class BatchResult:
+    """Everything one batch changes; written to the store in one atomic step."""
+
+    partition_key: str
+    first_offset: int            # offset stored before this batch (-1: none)
+    last_offset: int             # offset to store after it
+    states: dict[str, bytes] = field(default_factory=dict)
+    alerts: list[Alert] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)        # scored events, in order
+    score_array: np.ndarray | None = None                     # their scores
+    features: np.ndarray | None = None                        # their feature rows
+    scored: int = 0
+    skipped: int = 0              # replayed records at or below the stored offset
+    duplicates: int = 0           # events whose event_id the account has applied already
+    score_seconds: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        """True when the batch changes nothing in the store."""
+        return self.last_offset == self.first_offset
+
+
+def partition_key(topic: str, partition: int) -> str:
+    """The name of one input partition in the store (``topic:partition``)."""
+    return f"{topic}:{partition}"
+
+
+class _PartitionCache:
+    __slots__ = ("offset", "engine")
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset  # last offset the cached states include (processed, maybe not yet stored)
+        self.engine = BatchFeatureEngine()  # the partition's cached account states
+
+
+class Pipeline:
+    """Parse -> features -> score for batches of one partition; no I/O of its own."""
+
+    def __init__(self, student: Student, source: StateSource, *, reasons_k: int = 3,
+                 max_cached_accounts: int = 1_000_000, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.student = student
+        self.max_event_bytes = max_event_bytes
+        self.source = source
+        self.reasons_k = reasons_k
+        self.max_cached_accounts = max_cached_accounts
+        self._parts: dict[str, _PartitionCache] = {}
+        self._epochs: dict[str, int] = {}
+
+    # -- partition lifecycle ----------------------------------------------------
+    def revoke(self, pkey: str) -> None:
+        """Forget a partition's cached states (it moved to another worker, or its stored
+        offset moved under this worker); results computed before are stale from now on."""
+        self._parts.pop(pkey, None)
+        self._epochs[pkey] = self._epochs.get(pkey, 0) + 1
+
+    def epoch(self, pkey: str) -> int:
+        """Changes whenever the partition's cache is dropped: a result computed at another
+        epoch must not be stored (compute it again)."""
+        return self._epochs.get(pkey, 0)
+
+    def _part(self, pkey: str) -> _PartitionCache:
+        part = self._parts.get(pkey)
+        if part is None:
+            part = self._parts[pkey] = _PartitionCache(self.source.offset(pkey))
+        return part
+
+    # -- the batch ----------------------------------------------------------------
+    def process(self, records: Sequence[Record]) -> BatchResult:
+        """Apply a batch of one partition's records (in offset order).
+
+        The cache holds the new states as soon as this returns, and the next batch of the
+        partition continues from them (its result starts where this one ends): results of
+        one partition must be stored in the order they were computed, a failed write must
+        be retried with the *same* result, and a result that cannot be stored (a fence)
+        calls for :meth:`revoke`, which also invalidates every result computed after it.
+        """
+        if not records:
+            raise ValueError("empty batch")
+        pkey = partition_key(records[0].topic, records[0].partition)
+        part = self._part(pkey)
+        result = BatchResult(pkey, part.offset, part.offset)
+        fresh = [r for r in records if r.offset > part.offset]
+        result.skipped = len(records) - len(fresh)
+        if not fresh:
+            return result
+        self._apply(part, fresh, result)
+        # Only now, with the states updated: a read from the store that fails halfway
+        # through _apply raises with the cache as it was, and the retry starts over.
+        part.offset = result.last_offset
+        return result
+
+    def _apply(self, part: _PartitionCache, fresh: Sequence[Record], result: BatchResult) -> None:
+        pkey = result.partition_key
+        result.last_offset = fresh[-1].offset
+
+        if any(r.value is None for r in fresh):
+            for r in fresh:
+                if r.value is None:
+                    result.dead.append(DeadLetter(r.topic, r.partition, r.offset, "record has no value",
+                                                  None, b"", r.key))
+            fresh = [r for r in fresh if r.value is not None]
+        parsed = parse_events([r.value for r in fresh], self.max_event_bytes)
+        events: list[Event] = parsed
+        sources: Sequence[Record] = fresh
+        bad = [i for i, e in enumerate(parsed) if type(e) is not Event]
+        if bad:
+            for i in bad:
+                r, exc = fresh[i], parsed[i]
+                result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
+                                              bytes(r.value), r.key))
+            skip = set(bad)
+            events = [e for i, e in enumerate(parsed) if i not in skip]
+            sources = [r for i, r in enumerate(fresh) if i not in skip]
+        if not events:
+            return
+
+        engine = part.engine
+        missing = list({e.account_id for e in events if e.account_id not in engine})
+        if missing:
+            for acct, blob in self.source.load(pkey, missing).items():
+                if blob is not None:
+                    try:
+                        engine.load_bytes(acct, blob)
+                    except StateFormatError:
+                        pass  # unreadable: the account starts afresh
+        # Admission (duplicate? too late?) and features for the whole batch, in order, in
+        # compiled code: the same call training makes (stream.features.admission).
+        admitted = admit_batch(engine, events)
+        X = admitted.X
+        if admitted.refused:
+            result.duplicates += len(admitted.duplicates)
+            for i, reason in admitted.late:
+                rec = sources[i]
+                result.dead.append(DeadLetter(rec.topic, rec.partition, rec.offset, reason,
+                                              "ts", bytes(rec.value or b""), rec.key))
+            events = admitted.kept(events)
+        result.states = engine.state_bytes({ev.account_id: None for ev in events})
+        if not events:
+            return
+        t0 = time.perf_counter()
+        student = self.student
+        scores = student.score(X)
+        hits = np.flatnonzero(scores >= student.threshold)
+        if len(hits):
+            reasons = student.reasons(X[hits], self.reasons_k)
+            for j, i in enumerate(hits):
+                ev = events[i]
+                result.alerts.append(Alert(ev.event_id, ev.account_id, ev.ts, float(scores[i]),
+                                           student.threshold, student.version, reasons[j],
+                                           ev.to_dict(), pkey))
+        result.score_seconds = time.perf_counter() - t0
+        result.scored = len(events)
+        result.event_ids = [ev.event_id for ev in events]
+        result.score_array = scores
+        result.features = X
+
+    def committed(self, result: BatchResult) -> None:
+        """Record that ``result`` is durably stored (the cache may be trimmed now)."""
+        part = self._parts.get(result.partition_key)
+        if part is None:
+            return  # revoked while the batch was being stored
+        if len(part.engine) > self.max_cached_accounts and part.offset == result.last_offset:
+            part.engine.clear()  # bounded memory: the store is the source of truth

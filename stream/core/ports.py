@@ -1,0 +1,71 @@
+"""The ports of the pipeline core: what it needs from the outside world, as small Protocols.
+
+The core (:mod:`stream.core.pipeline`, :mod:`stream.core.worker`) imports no client
+library. Adapters implement these ports (:mod:`stream.adapters`): the Redis store is a
+:class:`StateStore`, an aiokafka or faust producer becomes a :data:`Publish`, the model
+watcher is a :class:`ModelSource`; the tests use in-memory doubles (``tests/doubles.py``).
+Adapters report an unreachable service as :class:`stream.errors.ServiceUnavailable`,
+which the core retries with backoff; any other exception is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
+
+from stream.errors import TxwatchError
+
+if TYPE_CHECKING:
+    from stream.core.pipeline import BatchResult
+    from stream.scoring.student import Student
+
+
+@dataclass(slots=True)
+class Record:
+    """One Kafka record, as any runner sees it.
+
+    Anything with these attributes will do: the plain runner hands over aiokafka's own
+    ``ConsumerRecord`` objects (same names, ``timestamp`` in epoch ms), so a record is
+    never copied on the way in. (Not frozen: a frozen dataclass is several times dearer
+    to build, and the faust runner builds one per event.)
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    timestamp: int | None = None  # epoch ms (the producer's or the broker's time)
+
+
+class FenceError(TxwatchError):
+    """The stored offset moved under this worker: another owner wrote the partition."""
+
+
+class StateSource(Protocol):
+    """Where states and applied offsets are read from on a cache miss."""
+
+    def load(self, partition_key: str, accounts: Sequence[str]) -> dict[str, bytes | None]: ...
+
+    def offset(self, partition_key: str) -> int: ...
+
+
+class StateStore(StateSource, Protocol):
+    """A :class:`StateSource` that also applies batch results, one atomic step each."""
+
+    def commit_many(self, results: list["BatchResult"]) -> list[list[str] | FenceError]:
+        """Apply each result atomically (fenced on its ``first_offset``); per result, the
+        event ids of the alerts it newly added, or the ``FenceError`` it met."""
+        ...
+
+
+class ModelSource(Protocol):
+    """Where a new model comes from while the worker runs."""
+
+    def poll(self) -> "Student | None":
+        """A newly verified model if it changed since the last poll, else None."""
+        ...
+
+
+# publish(topic, [(key, value, headers)]) -> awaits every acknowledgement
+Publish = Callable[[str, list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]], Awaitable[None]]

@@ -1,0 +1,225 @@
+"""The faust runner: a thin agent over :class:`stream.core.worker.WorkerCore`.
+
+The agent consumes raw bytes (so a value that fails to decode cannot crash it; parsing
+happens in the pipeline, failures go to the dead-letter topic) one event at a time into a
+:class:`stream.runners.batcher.Batcher`, which cuts batches by load, computes the next batch while
+one is written, and acks a batch's events only once it is committed to Redis. No faust
+tables: per-account state lives in Redis (``docs/stream.md`` says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import faust
+
+from stream.adapters.kafka import ensure_topics
+from stream.core.ports import Record
+from stream.metrics import WorkerMetrics
+from stream.runners.batcher import Batcher
+from stream.runners.wiring import build_core
+from stream.settings import Settings
+
+log = logging.getLogger("txwatch.worker")
+
+
+def _credentials(settings: Settings):
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    opts = settings.kafka_client_options()
+    if proto.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username,
+                                     password=opts["sasl_plain_password"],
+                                     mechanism=settings.kafka_sasl_mechanism,
+                                     ssl_context=opts.get("ssl_context"))
+    return faust.SSLCredentials(opts["ssl_context"])
+
+
+def set_fetch_wait(ms: int) -> None:
+    """faust builds its aiokafka consumer with a fixed ``fetch_max_wait_ms=1500``.
+
+    Apache Kafka answers a fetch as soon as data arrives, so there the wait only sets how
+    often a caught-up partition is polled; on the embedded broker it also adds to latency.
+    Too short costs throughput: every caught-up partition is fetched again each wait
+    (both measured in ``docs/benchmarks.md``). The wait is applied to the consumer faust
+    creates, before it starts.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = getattr(cls, "_txwatch_original_create", cls._create_worker_consumer)
+
+    def create(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    cls._txwatch_original_create = original
+    cls._create_worker_consumer = create
+
+
+def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faust.App:
+    """A faust app whose one agent scores the input topics in batches."""
+    metrics = metrics or WorkerMetrics()
+    set_fetch_wait(settings.fetch_max_wait_ms)
+    app = faust.App(
+        settings.group_id,
+        broker=settings.kafka_url,
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        # No leader-election topic (txwatch has no leader-only work): its one partition is
+        # always empty, so the consumer would fetch it again every fetch wait.
+        topic_disable_leader=True,
+        producer_acks=-1,
+        producer_max_request_size=settings.producer_max_request_bytes,
+        # Room for two batches: faust's consumer keeps filling the buffer while the agent
+        # computes and writes the previous batch (the default, 4096, is below one batch).
+        stream_buffer_maxsize=max(4096, 2 * settings.batch_max),
+    )
+    topic = app.topic(*settings.topics, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+    state: dict = {}  # "core", "batcher"
+
+    async def publish(name: str, items) -> None:
+        producer = app.producer
+        futures = [await producer.send(name, key, value, None, None, headers or None) for key, value, headers in items]
+        await asyncio.gather(*futures)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:  # noqa: ARG001
+        # Events taken before the rebalance are written (and acked) first: no result
+        # computed from the caches about to be dropped is stored after it, and faust's
+        # rebalance, which waits for unacked events, does not wait on them.
+        batcher = state.get("batcher")
+        if batcher is not None:
+            await asyncio.shield(batcher.drain())
+        core = state.get("core")
+        if core is not None:
+            for tp in revoked:
+                core.revoke(tp.topic, tp.partition)
+
+    @app.agent(topic, name="score")
+    async def score(stream) -> None:
+        _own_log_handler(settings.log_level)
+        core = state.get("core")
+        if core is None:
+            core = state["core"] = build_core(settings, publish, metrics)
+        stream.enable_acks = False  # the batcher acks a batch's events once it is in Redis
+        queue = stream.channel.queue
+        consumer = app.consumer
+
+        async def ack(events) -> None:
+            for event in events:
+                await stream.ack(event)
+
+        batcher = state["batcher"] = Batcher(core, max_items=settings.batch_max, max_wait_s=settings.batch_within_s,
+                                             buffered=lambda event: more_buffered(queue, consumer, event),
+                                             to_record=_record, ack=ack, on_error=_stop_worker)
+        flusher = asyncio.ensure_future(batcher.run())
+        try:
+            async for event in stream.events():
+                await batcher.add(event)
+        except Exception as exc:  # noqa: BLE001 - a crashed agent would leave the worker idle
+            _stop_worker(exc)
+        finally:
+            flusher.cancel()
+
+    @app.timer(interval=min(settings.model_poll_s, settings.log_interval_s))
+    async def housekeeping() -> None:
+        core = state.get("core")
+        if core is not None:
+            core.idle()  # an idle worker still picks up (or refuses) a new model and logs
+
+    @app.timer(interval=2.0)
+    async def report_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            try:
+                high = consumer.highwater(tp)
+                pos = await consumer.position(tp)
+            except Exception:  # noqa: BLE001 - revoked since assignment() was read
+                continue
+            if high is not None and pos is not None:
+                metrics.lag.labels(partition=f"{tp.topic}:{tp.partition}").set(max(high - pos, 0))
+
+    app.txwatch_metrics = metrics  # type: ignore[attr-defined]
+    app.txwatch_state = state  # type: ignore[attr-defined]
+    app.txwatch_publish = publish  # type: ignore[attr-defined]
+    return app
+
+
+def more_buffered(queue, consumer, event) -> bool:
+    """Whether more records follow ``event`` right now: events already in the agent's
+    queue, or records of its partition that the consumer knows of (the high watermark of
+    its last fetch) but has not delivered yet. A hint for cutting batches, so when unsure
+    (the partition was revoked meanwhile: aiokafka asserts) it says no, and the batch is cut."""
+    if not queue.empty():
+        return True
+    message = event.message
+    try:
+        high = consumer.highwater(message.tp)
+    except Exception:  # noqa: BLE001
+        return False
+    return high is not None and high > message.offset + 1
+
+
+def _record(event) -> Record:
+    m = event.message
+    return Record(m.topic, m.partition, m.offset, m.value, m.key, int(m.timestamp * 1000) if m.timestamp else None)
+
+
+def _stop_worker(exc: BaseException) -> None:
+    """An error that is a bug, not bad data (bad data is dead-lettered inside the core). A
+    crashed faust agent leaves the process up but idle: exit instead, so the supervisor
+    restarts the worker; Redis offsets make the restart replay-safe."""
+    log.critical("worker stopping after an unexpected error", exc_info=exc)
+    logging.shutdown()
+    os._exit(70)
+
+
+def _own_log_handler(level: str = "INFO") -> None:
+    """faust configures the root handler at its (quiet) level; txwatch's INFO lines, such
+    as the periodic progress line, get a handler of their own."""
+    logger = logging.getLogger("txwatch")
+    if not any(getattr(h, "_txwatch", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._txwatch = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
+
+
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def run_faust_worker(settings: Settings) -> None:
+    """Create topics, serve metrics, and run the faust worker until stopped."""
+    # faust's consumer runs in its own thread next to the CPU-bound agent; with CPython's
+    # default 5 ms switch interval the consumer waits that long for the GIL each time it
+    # wakes (measured with `bench stream`, docs/benchmarks.md).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    ensure_topics(settings)
+    metrics = WorkerMetrics()
+    app = create_app(settings, metrics)
+    # Connect to Redis and verify the model before faust starts: a failure here is one
+    # clear error, not an agent that crashes and leaves the process idling.
+    app.txwatch_state["core"] = build_core(settings, app.txwatch_publish, metrics)
+    metrics.serve(settings.metrics_port)
+    # redirect_stdouts off: txwatch's own handler writes to stderr, which faust would
+    # otherwise wrap in a second log prefix.
+    worker = faust.Worker(app, loglevel="DEBUG" if settings.log_level == "DEBUG" else "WARNING", quiet=True,
+                          redirect_stdouts=False)
+    logging.getLogger("txwatch").setLevel(settings.log_level)
+    worker.execute_from_commandline()

@@ -1,0 +1,56 @@
+"""A faust app whose agent does nothing but ``stream.take`` (``txwatch bench stream``'s baseline).
+
+Run as ``python -m txwatch.bench.noop TOPIC N BATCH``: it counts records and, when N have
+arrived, prints one JSON line ``{"records", "seconds", "events_per_s"}`` measured from the
+first batch (so start-up and group join are excluded) and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import faust
+
+
+def main() -> None:
+    from stream.runners.faust_app import GIL_SWITCH_INTERVAL_S, set_fetch_wait
+    from stream.runners.wiring import tune_gc
+    from stream.settings import load_settings
+
+    topic_name, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    settings = load_settings()
+    # The worker's consumer settings: its fetch wait, and no leader topic (an always-empty
+    # partition that a short fetch wait would poll hundreds of times a second).
+    set_fetch_wait(settings.fetch_max_wait_ms)
+    app = faust.App(settings.group_id, broker=settings.kafka_url, store="memory://",
+                    web_enabled=False, consumer_auto_offset_reset="earliest", topic_disable_leader=True,
+                    broker_session_timeout=6.0, broker_rebalance_timeout=6.0)
+    topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    seen = {"n": 0, "t0": None, "first": 0}
+
+    @app.agent(topic)
+    async def noop(stream):
+        async for values in stream.take(batch, within=0.05):
+            now = time.perf_counter()
+            if seen["t0"] is None:
+                seen["t0"], seen["first"] = now, len(values)
+            seen["n"] += len(values)
+            if seen["n"] >= n:
+                elapsed = now - seen["t0"]
+                counted = seen["n"] - seen["first"]
+                print(json.dumps({"records": seen["n"], "seconds": round(elapsed, 3),
+                                  "events_per_s": round(counted / elapsed) if elapsed > 0 else None}), flush=True)
+                os._exit(0)
+
+    # The same process settings as `txwatch worker`, so the ratio compares the agents'
+    # work and nothing else: the garbage-collector tuning and the GIL switch interval.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    tune_gc()
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""``txwatch bench stream``: throughput, latency and memory of the stream path, as one JSON object.
+
+Everything runs in one invocation against the same broker and Redis (embedded unless
+``TXWATCH_KAFKA_URL`` / ``TXWATCH_REDIS_URL`` are set), on the same events:
+
+* ``aiokafka_drain``: a bare aiokafka group consumer reading the topic (transport ceiling);
+* ``faust_noop``: a faust agent doing nothing but ``stream.take`` (faust's own ceiling);
+* ``core_plain``: the pipeline core (parse, features, score, one Redis script per partition
+  batch, offset commit) driven by the plain aiokafka runner, no faust;
+* ``faust_worker``: one ``txwatch worker`` process (faust runner), end to end;
+* ``latency``: produce time to alert readable in Redis (the alert's pub/sub message,
+  published inside the commit script) at a fixed offered rate, on the caught-up faust worker;
+* ``latency_plain``: the same on a caught-up plain-runner worker process (no faust);
+* ``transport_latency``: the floor under it: produce time to a bare aiokafka group
+  consumer receiving the record, same producer, same offered rate, no processing;
+* ``scale_out``: two faust worker processes in one group on the same topic;
+* worker peak RSS (``VmHWM``) of the worker processes.
+
+Rates exclude start-up and group joins: they are counted from the first processed batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import orjson
+
+from stream.settings import Settings, load_settings
+
+
+def proc_memory_mb(pid: int, field: str = "VmHWM") -> float | None:
+    """A memory figure of a process from ``/proc/<pid>/status`` in MB (``VmHWM``: peak RSS,
+    ``VmRSS``: current RSS), or None if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    return proc_memory_mb(pid, "VmHWM")
+
+
+def _env(s: Settings) -> dict:
+    return dict(os.environ) | s.to_env()
+
+
+async def _produce(s: Settings, topic: str, payloads: list[bytes], keys: list[bytes | None]) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks=1, linger_ms=10,
+                                max_batch_size=512 * 1024, **s.kafka_client_options())
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        futures = []
+        for value, key in zip(payloads, keys):
+            futures.append(await producer.send(topic, value, key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - t0
+
+
+async def _drain(s: Settings, topic: str, n: int) -> dict:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap_servers, group_id=f"drain-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                session_timeout_ms=6000, rebalance_timeout_ms=6000, max_poll_records=5000,
+                                **s.kafka_client_options())
+    await consumer.start()
+    count = first = 0
+    t0 = None
+    try:
+        while count < n:
+            batch = await consumer.getmany(timeout_ms=50, max_records=5000)
+            got = sum(len(v) for v in batch.values())
+            if got and t0 is None:
+                t0, first = time.perf_counter(), got
+            count += got
+        elapsed = time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+    return {"records": count, "seconds": round(elapsed, 3), "events_per_s": round((count - first) / elapsed)}
+
+
+def servers(stack: ExitStack, base: Settings) -> dict:
+    """``kafka_url``/``redis_url`` overrides: embedded servers (closed with ``stack``) for
+    whichever of the two ``base`` does not configure."""
+    from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis
+
+    overrides: dict = {}
+    if not base.kafka_url:
+        overrides["kafka_url"] = stack.enter_context(EmbeddedKafka()).url
+    if not base.redis_url:
+        overrides["redis_url"] = stack.enter_context(EmbeddedRedis()).url
+    return overrides
+
+
+def _wait_rate(client, s: Settings, topic: str, n: int, procs: list, timeout: float = 600) -> dict:
+    """Poll stored offsets: rate from the first processed record to the n-th."""
+    from stream.adapters.redis_store import redis_store
+    from stream.core.pipeline import partition_key
+
+    store = redis_store(s, client)
+    pkeys = [partition_key(topic, p) for p in range(s.partitions)]
+    t0 = None
+    first = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        done = store.applied_count(pkeys)
+        now = time.perf_counter()
+        if done and t0 is None:
+            t0, first = now, done
+        if done >= n:
+            elapsed = max(now - t0, 1e-9)
+            return {"records": done, "seconds": round(elapsed, 3),
+                    "events_per_s": round((done - first) / elapsed) if done > first else None}
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"worker exited with {p.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {n} processed")
+        time.sleep(0.01)
+
+
+def _start_worker(s: Settings, runner: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "txwatch", "worker", "--runner", runner], env=_env(s),
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitions: int = 4,
+                 latency_rate: float = 2000.0, latency_seconds: float = 30.0, workdir: str = "runs/bench",
+                 log: Callable[[str], None] = lambda m: None) -> dict:
+    """Run every phase; return the JSON-ready result."""
+    import redis
+
+    from stream.adapters.kafka import ensure_topics
+    from stream.events.files import iter_payloads
+    from stream.events.schema import account_key
+    from stream.runners.plain import run_plain
+    from stream.scoring.student import load_student
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    base = load_settings()
+    payloads: list[bytes] = []
+    for _, payload in iter_payloads(events_path):
+        payloads.append(payload)
+        if len(payloads) >= n:
+            break
+    keys = [account_key(p)[0] for p in payloads]
+    n = len(payloads)
+    student = load_student(model_dir)
+    result: dict = {"benchmark": "stream", "events": n, "partitions": partitions, "model": student.version,
+                    "machine": {"cpus": os.cpu_count()}}
+    with ExitStack() as stack:
+        overrides = servers(stack, base)
+        result["broker"] = "embedded Tansu" if not base.kafka_url else "configured"
+        tag = uuid.uuid4().hex[:6]
+        topic = f"bench-{tag}"
+
+        def settings_for(name: str, **kw) -> Settings:
+            return load_settings(**{**overrides, "input_topics": topic, "partitions": partitions,
+                                    "group_id": f"{name}-{tag}", "redis_prefix": f"bench-{name}-{tag}",
+                                    "dead_letter_topic": f"{topic}-dlq", "alerts_topic": f"{topic}-alerts",
+                                    "model_dir": model_dir, "metrics_port": 0, "session_timeout_s": 6,
+                                    "rebalance_timeout_s": 6, "log_interval_s": 5, **kw})
+
+        s0 = settings_for("setup")
+        ensure_topics(s0)
+        client = redis.Redis.from_url(s0.redis_url)
+        log(f"producing {n:,} events to {topic} ({partitions} partitions)")
+        seconds = asyncio.run(_produce(s0, topic, payloads, keys))
+        result["produce"] = {"seconds": round(seconds, 3), "events_per_s": round(n / seconds)}
+
+        log("bare aiokafka drain")
+        result["aiokafka_drain"] = asyncio.run(_drain(s0, topic, n))
+
+        log("no-op faust agent (stream.take only)")
+        noop_env = _env(settings_for("noop"))
+        done = subprocess.run([sys.executable, "-m", "txwatch.bench.noop", topic, str(n), "5000"], env=noop_env,
+                              capture_output=True, text=True, timeout=600)
+        # faust may prefix the line with its log header: take the JSON object in it.
+        output = done.stdout + "\n" + done.stderr  # faust routes stdout into its log (stderr)
+        lines = [ln[ln.index('{"records"'):] for ln in output.splitlines() if '{"records"' in ln]
+        result["faust_noop"] = orjson.loads(lines[-1]) if lines else {"error": (done.stdout + done.stderr)[-500:]}
+
+        log("pipeline core on the plain aiokafka runner")
+        s_plain = settings_for("plain")
+        stop = asyncio.Event()
+        rate_box: dict = {}
+
+        def watch() -> None:
+            rate_box.update(_wait_rate(client, s_plain, topic, n, []))
+            stop.set()
+
+        async def plain() -> None:
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            task = asyncio.create_task(run_plain(s_plain, stop=stop))
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await task
+
+        asyncio.run(plain())
+        result["core_plain"] = rate_box
+
+        log("one faust worker, end to end")
+        s_faust = settings_for("faust")
+        worker = _start_worker(s_faust, "faust", work / "faust_worker.log")
+        try:
+            result["faust_worker"] = _wait_rate(client, s_faust, topic, n, [worker])
+            result["faust_worker"]["peak_rss_mb"] = _peak_rss_mb(worker.pid)
+
+            log(f"latency at {latency_rate:,.0f} events/s offered for {latency_seconds:.0f}s")
+            result["latency"] = _latency(s_faust, client, topic, payloads, keys, latency_rate, latency_seconds,
+                                         "faust")
+            result["faust_worker"]["peak_rss_mb_after_latency"] = _peak_rss_mb(worker.pid)
+        finally:
+            _stop(worker)
+
+        log(f"latency of the plain runner at {latency_rate:,.0f} events/s offered for {latency_seconds:.0f}s")
+        # Its own copy of the backlog, so both latency phases score the same events after
+        # the same history (on the first topic the faust phase's events would be history too).
+        s_pl = settings_for("plainlat", input_topics=f"{topic}-plain")
+        ensure_topics(s_pl)
+        asyncio.run(_produce(s_pl, s_pl.topics[0], payloads, keys))
+        plain_worker = _start_worker(s_pl, "plain", work / "plain_worker.log")
+        try:
+            _wait_rate(client, s_pl, s_pl.topics[0], n, [plain_worker])
+            result["latency_plain"] = _latency(s_pl, client, s_pl.topics[0], payloads, keys, latency_rate,
+                                               latency_seconds, "plain")
+            result["latency_plain"]["peak_rss_mb"] = _peak_rss_mb(plain_worker.pid)
+        finally:
+            _stop(plain_worker)
+
+        log(f"transport latency (bare produce -> consume) at {latency_rate:,.0f} events/s")
+        s_tl = settings_for("transport", input_topics=f"{topic}-transport")
+        ensure_topics(s_tl)
+        result["transport_latency"] = asyncio.run(
+            _transport_latency(s_tl, payloads, keys, latency_rate, latency_seconds))
+
+        log("two faust workers in one group")
+        s_two = settings_for("two")
+        workers = [_start_worker(s_two, "faust", work / f"worker{i}.log") for i in range(2)]
+        try:
+            time.sleep(1.0)
+            result["scale_out"] = _wait_rate(client, s_two, topic, n, workers)
+            result["scale_out"]["workers"] = 2
+            result["scale_out"]["peak_rss_mb"] = [_peak_rss_mb(w.pid) for w in workers]
+        finally:
+            for w in workers:
+                _stop(w)
+
+    fw, noop = result.get("faust_worker", {}), result.get("faust_noop", {})
+    if fw.get("events_per_s") and noop.get("events_per_s"):
+        result["ratios"] = {
+            "faust_worker_over_noop": round(fw["events_per_s"] / noop["events_per_s"], 3),
+            "two_workers_over_one": round(result["scale_out"]["events_per_s"] / fw["events_per_s"], 3)
+            if result.get("scale_out", {}).get("events_per_s") else None,
+        }
+    return result
+
+
+def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list, rate: float,
+             seconds: float, tag: str) -> dict:
+    """Offer events at ``rate``; time produce -> alert pub/sub message for every alert.
+    ``tag`` makes the event ids new to every phase (a repeated id is a duplicate, not an alert)."""
+    count = min(len(payloads), int(rate * seconds))
+    # Fresh event ids and current times, so these are new events for the caught-up worker.
+    now_ms = int(time.time() * 1000)
+    base_ts = None
+    fresh = []
+    for i, p in enumerate(payloads[:count]):
+        d = orjson.loads(p)
+        if base_ts is None:
+            base_ts = d.get("ts", now_ms) if isinstance(d.get("ts"), int) else now_ms
+        d["event_id"] = f"lat-{tag}-{i}-{d.get('event_id')}"
+        if isinstance(d.get("ts"), int):
+            d["ts"] = now_ms + (d["ts"] - base_ts)  # same history, shifted to after the catch-up
+        fresh.append(orjson.dumps(d))
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{s.redis_prefix}:alerts:live")
+    index = {orjson.loads(p)["event_id"]: i for i, p in enumerate(fresh)}
+    sent_at: dict[int, float] = {}
+    latencies: list[tuple[float, float]] = []  # (send time, latency)
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(timeout=0.1)
+            if msg and msg["type"] == "message":
+                t = time.perf_counter()
+                i = index.get(orjson.loads(msg["data"])["event_id"])
+                if i in sent_at:
+                    latencies.append((sent_at[i], t - sent_at[i]))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    offered = _paced_send(s, topic, fresh, keys, rate, sent_at)
+    time.sleep(2.0)
+    stop.set()
+    listener.join(2)
+    pubsub.close()
+    return {"offered_events_per_s": round(offered), "events": count, "alerts_timed": len(latencies),
+            **_percentiles_ms(latencies)}
+
+
+# The paced sender's linger: the default of Apache Kafka's own clients since 4.0 (KIP-1030)
+# and of librdkafka. With linger 0 at 2,000 events/s every record is its own produce
+# request, and the embedded broker's own cost dominated the latency measured
+# (docs/benchmarks.md, "Produce-to-alert latency").
+PACED_LINGER_MS = 5
+
+
+def _paced_send(s: Settings, topic: str, values: list[bytes], keys: list, rate: float, sent: dict) -> float:
+    """Send ``values`` at ``rate`` with kafka-python (linger ``PACED_LINGER_MS``), recording
+    each one's send time in ``sent[index]``; return the achieved rate."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks=1, linger_ms=PACED_LINGER_MS,
+                             **s.kafka_client_options())
+    t0 = time.perf_counter()
+    for i, (value, key) in enumerate(zip(values, keys)):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent[i] = time.perf_counter()
+        producer.send(topic, value=value, key=key)
+    producer.flush()
+    offered = len(values) / (time.perf_counter() - t0)
+    producer.close()
+    return offered
+
+
+async def _transport_latency(s: Settings, payloads: list[bytes], keys: list, rate: float, seconds: float) -> dict:
+    """Produce -> bare group consumer latency: what the broker and clients cost, no txwatch."""
+    from aiokafka import AIOKafkaConsumer
+
+    count = min(len(payloads), int(rate * seconds))
+    topic = s.topics[0]
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap_servers, group_id=s.group_id,
+                                auto_offset_reset="latest", fetch_max_wait_ms=s.fetch_max_wait_ms,
+                                session_timeout_ms=6000, rebalance_timeout_ms=6000, **s.kafka_client_options())
+    await consumer.start()
+    try:
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=100)
+        sent: dict[int, float] = {}
+        box: dict = {}
+        values = [str(i).encode().ljust(len(p), b" ") for i, p in enumerate(payloads[:count])]  # same sizes
+        sender = threading.Thread(target=lambda: box.update(offered=_paced_send(s, topic, values, keys, rate, sent)))
+        sender.start()
+        latencies: list[tuple[float, float]] = []  # (send time, latency)
+        deadline = time.monotonic() + seconds + 30
+        while len(latencies) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=10, max_records=5000)
+            now = time.perf_counter()
+            for msgs in batch.values():
+                latencies += [(sent[i], now - sent[i]) for i in (int(m.value) for m in msgs) if i in sent]
+        sender.join()
+    finally:
+        await consumer.stop()
+    return {"offered_events_per_s": round(box.get("offered", 0)), "events": count, "received": len(latencies),
+            **_percentiles_ms(latencies)}
+
+
+LATENCY_WINDOW_S = 5.0
+
+
+def _percentiles_ms(samples: list[tuple[float, float]], window_s: float = LATENCY_WINDOW_S) -> dict:
+    """p50/p95/p99/max in ms of ``(send time, latency)`` samples in seconds (empty if there
+    are none), and the p99 of each ``window_s`` of send time from the first send: on the
+    embedded broker latency grows with the run (its fetch slows as a partition collects
+    record batches), which one overall figure would hide.
+
+    >>> r = _percentiles_ms([(0.0, 0.010), (1.0, 0.020), (6.0, 0.030)])
+    >>> r["p50_ms"], r["max_ms"], r["p99_ms_by_5s"]
+    (20.0, 30.0, [19.9, 30.0])
+    """
+    if not samples:
+        return {}
+    sent = np.array([t for t, _ in samples])
+    lat = np.array([x for _, x in samples]) * 1000
+    window = ((sent - sent.min()) // window_s).astype(int)
+    by_window = [round(float(np.percentile(lat[window == w], 99)), 2) for w in np.unique(window)]
+    return {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2),
+            f"p99_ms_by_{window_s:g}s": by_window}
