@@ -1,1 +1,1 @@
-"""txwatch command-line entry point."""
+"""The txwatch command line, the demo, the embedded servers (local/) and the benchmarks (bench/)."""
