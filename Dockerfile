@@ -5,6 +5,7 @@ COPY pyproject.toml README.md ./
 COPY stream ./stream
 COPY training ./training
 COPY txwatch ./txwatch
+COPY export ./export
 RUN pip install --no-cache-dir . && useradd --create-home txwatch
 USER txwatch
 ENTRYPOINT ["txwatch"]

@@ -46,6 +46,6 @@ def test_every_txwatch_variable_is_a_real_setting():
 
 def test_dockerfile_installs_the_packages_it_copies():
     text = (ROOT / "Dockerfile").read_text()
-    for pkg in ("stream", "training", "txwatch"):
+    for pkg in ("stream", "training", "txwatch", "export"):
         assert f"COPY {pkg} ./{pkg}" in text
     assert 'ENTRYPOINT ["txwatch"]' in text

@@ -18,7 +18,7 @@ from training.teacher import Teacher, load_teacher
 
 def load_pair(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | None = None) -> tuple[Student, Teacher]:
     """The student at ``model_dir`` and its teacher (recorded path unless given), both verified."""
-    student = _load_any_student(model_dir)
+    student = load_any_student(model_dir)
     tdir = teacher_dir or student.manifest.get("teacher", {}).get("path")
     if not tdir:
         raise ArtifactError(f"{model_dir}: no teacher recorded; pass --teacher DIR")
@@ -29,7 +29,7 @@ def load_pair(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | Non
     return student, teacher
 
 
-def _load_any_student(model_dir: str | os.PathLike) -> Student:
+def load_any_student(model_dir: str | os.PathLike) -> Student:
     """Event-mode students are checked against this code's feature schema; table ones by names."""
     from stream.scoring.artifact import read_artifact
 

@@ -142,6 +142,24 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from export.run import export
+
+    log = _log(a.quiet)
+    report = export(a.model, a.format, a.out, events=a.events, label=a.label, time=a.time, log=log)
+    if a.json:
+        _print_json(report)
+    elif a.format == "onnx":
+        log(f"onnx: {report['bytes']:,} bytes, onnxruntime within {report['max_abs_diff']:.2g} of txwatch on "
+            f"{report['rows_checked']:,} held-out rows -> {a.out}")
+    else:
+        auc = report["auprc"]
+        log(f"fixed: largest probability error {report['max_probability_error']:.2g}, "
+            f"{report['alert_decisions_differing']:,} alert decisions differ of {report['rows_checked']:,}; "
+            f"AUPRC {auc['fixed']} vs {auc['float']} (float); C source {report['c_source_bytes']:,} bytes -> {a.out}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     if a.target == "models":
         from txwatch.bench.models import bench_models
@@ -154,6 +172,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         _setup_logging(True)
         _print_json(bench_stream(a.events, a.model, n=a.n, partitions=a.partitions, latency_rate=a.latency_rate,
                                  latency_seconds=a.latency_seconds, log=_log(a.quiet)))
+        return 0
+    if a.target == "export":
+        from txwatch.bench.export import bench_export
+
+        _print_json(bench_export(a.model, events=a.events, calls=a.calls, log=_log(a.quiet)))
         return 0
     if a.target == "soak":
         from txwatch.bench.soak import soak
@@ -361,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--limit", type=_positive_int, default=20, help="how many (default 20)")
     al.set_defaults(func=cmd_alerts)
 
+    ex = sub.add_parser("export", help="the student as ONNX or as an integer-only model with a C evaluator, verified")
+    ex.add_argument("--model", required=True, help="student artifact directory")
+    ex.add_argument("--format", required=True, choices=("onnx", "fixed"),
+                    help="onnx: one .onnx file; fixed: a directory (fixed_model.json, txwatch_student.c)")
+    ex.add_argument("--out", required=True, help="output file (onnx) or directory (fixed); written only once verified")
+    ex.add_argument("--events", help="data to verify on (default: what the model was trained on, from its manifest)")
+    ex.add_argument("--label", help="tabular model: the label column of --events")
+    ex.add_argument("--time", help="tabular model: the time column of --events")
+    ex.add_argument("--json", action="store_true", help="print the verification report as JSON")
+    ex.set_defaults(func=cmd_export)
+
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     bsub = b.add_subparsers(dest="target", required=True, metavar="TARGET")
     bm = bsub.add_parser("models", help="teacher vs student: latency, throughput, size, AUPRC")
@@ -375,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the bench topic (default 4)")
     bs.add_argument("--latency-rate", type=float, default=2000.0, help="offered events/s in the latency phase (default 2000)")
     bs.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency phase (default 30)")
+    be = bsub.add_parser("export", help="the exported student (ONNX, integer form) against txwatch's kernels")
+    be.add_argument("--model", required=True, help="student artifact directory")
+    be.add_argument("--events", help="events file to take held-out rows from (default: the one the model records)")
+    be.add_argument("--calls", type=_positive_int, default=10_000, help="single-event calls to time (default 10000)")
     bk = bsub.add_parser("soak", help="sustained load at half the measured peak: RSS growth, lag, stalls")
     bk.add_argument("--events", required=True, help="events file (replayed in loops with fresh ids and times)")
     bk.add_argument("--model", required=True, help="student artifact directory")

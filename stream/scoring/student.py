@@ -31,9 +31,9 @@ from stream.errors import ArtifactError
 from stream.features.layout import FEATURE_NAMES, FEATURE_SCHEMA_HASH
 from stream.scoring import treekernels
 from stream.scoring.artifact import read_artifact
+from stream.scoring.treekernels import MISSING_NONE
 
 STUDENT_FILE = "student.json"
-from stream.scoring.treekernels import MISSING_NONE
 
 
 class TreeEnsemble:
