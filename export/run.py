@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 
-from stream.errors import ArtifactError, DataError, TxwatchError
+from stream.errors import DataError, TxwatchError
 from stream.scoring.student import Student
 
 FORMATS = ("onnx", "fixed")

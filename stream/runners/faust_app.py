@@ -20,6 +20,7 @@ from stream.adapters.kafka import ensure_topics
 from stream.core.ports import Record
 from stream.metrics import WorkerMetrics
 from stream.runners.batcher import Batcher
+from stream.runners.shutdown import StopDeadline
 from stream.runners.wiring import build_core
 from stream.settings import Settings
 
@@ -204,6 +205,21 @@ def _own_log_handler(level: str = "INFO") -> None:
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+class _BoundedWorker(faust.Worker):
+    """faust's worker, whose SIGTERM and SIGINT also arm the stop deadline (faust's own
+    shutdown waits on the broker: with the broker gone it would not end)."""
+
+    txwatch_deadline: StopDeadline
+
+    def _on_sigterm(self) -> None:
+        self.txwatch_deadline.arm("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.txwatch_deadline.arm("SIGINT")
+        super()._on_sigint()
+
+
 def run_faust_worker(settings: Settings) -> None:
     """Create topics, serve metrics, and run the faust worker until stopped."""
     # faust's consumer runs in its own thread next to the CPU-bound agent; with CPython's
@@ -219,7 +235,8 @@ def run_faust_worker(settings: Settings) -> None:
     metrics.serve(settings.metrics_port)
     # redirect_stdouts off: txwatch's own handler writes to stderr, which faust would
     # otherwise wrap in a second log prefix.
-    worker = faust.Worker(app, loglevel="DEBUG" if settings.log_level == "DEBUG" else "WARNING", quiet=True,
-                          redirect_stdouts=False)
+    worker = _BoundedWorker(app, loglevel="DEBUG" if settings.log_level == "DEBUG" else "WARNING", quiet=True,
+                            redirect_stdouts=False)
+    worker.txwatch_deadline = StopDeadline(settings.shutdown_timeout_s)
     logging.getLogger("txwatch").setLevel(settings.log_level)
     worker.execute_from_commandline()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -23,6 +24,7 @@ from stream.adapters.kafka import aiokafka_producer, ensure_topics, publisher
 from stream.core.worker import WorkerCore
 from stream.errors import ServiceUnavailable
 from stream.metrics import WorkerMetrics
+from stream.runners.shutdown import StopDeadline
 from stream.runners.wiring import build_core
 from stream.settings import Settings
 
@@ -127,12 +129,20 @@ async def _commit(consumer: AIOKafkaConsumer, pending: dict) -> None:
 
 
 def run_plain_worker(settings: Settings) -> None:
-    """Create topics, serve metrics, and run the plain runner until interrupted."""
+    """Create topics, serve metrics, and run the plain runner until SIGTERM or SIGINT
+    (then within ``shutdown_timeout_s``: :mod:`stream.runners.shutdown`)."""
     ensure_topics(settings)
     metrics = WorkerMetrics()
     metrics.serve(settings.metrics_port)
     logging.getLogger("txwatch").setLevel(settings.log_level)
-    try:
-        asyncio.run(run_plain(settings, metrics=metrics))
-    except KeyboardInterrupt:
-        pass
+    deadline = StopDeadline(settings.shutdown_timeout_s)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Stop taking batches, let the one in flight land, commit; the deadline bounds it all.
+            loop.add_signal_handler(sig, lambda name=sig.name: (deadline.arm(name), stop.set()))
+        await run_plain(settings, metrics=metrics, stop=stop)
+
+    asyncio.run(main())
