@@ -13,17 +13,14 @@ for a tabular student. Nothing is written unless the export passes its check:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import orjson
 
+from stream.atomic import write_bytes, write_dir
 from stream.errors import DataError, TxwatchError
 from stream.scoring.student import Student
 
@@ -52,38 +49,6 @@ def held_out(student: Student, events: str | None, label: str | None, time: str 
     if not mask.any():
         mask = np.ones(len(ds.y), dtype=bool)
     return ds.X[mask], ds.y[mask]
-
-
-def _write_atomically(out: Path, files: dict[str, bytes], *, directory: bool) -> None:
-    """Write one file, or a directory of files, so that ``out`` appears only complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not directory:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(next(iter(files.values())))
-            os.replace(tmp, out)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_onnx(student: Student, X: np.ndarray) -> tuple[bytes, dict[str, Any]]:
@@ -162,10 +127,12 @@ def export(model_dir: str, fmt: str, out: str, *, events: str | None = None, lab
     target = Path(out)
     if fmt == "onnx":
         data, report = export_onnx(student, X)
-        _write_atomically(target, {target.name: data}, directory=False)
+        write_bytes(target, data)
     else:
         files, report = export_fixed(student, X, y)
-        _write_atomically(target, files, directory=True)
+        if target.exists() and not target.is_dir():
+            raise DataError(f"{target}: exists and is not a directory")
+        write_dir(target, files)
     report.update(model_version=student.version, out=str(target))
     if report.get("auprc", {}).get("float") is not None:
         report["auprc_ratio"] = report["auprc"]["fixed"] / report["auprc"]["float"]

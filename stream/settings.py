@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(5.0, gt=0, description="longest backoff between retries of a failed Redis write (bounds how long after Redis returns the worker resumes)")
     commit_interval_s: float = Field(1.0, gt=0, description="plain runner: how often Kafka offsets are committed "
                                                             "(Redis holds the applied offsets; this sets the restart point)")
+    failpoint: str = Field("", description="testing only: exit-after-redis-commit:N makes a worker exit right "
+                           "after its N-th Redis commit, before publishing that batch (the crash tests)")
     shutdown_timeout_s: float = Field(10.0, gt=0, description="longest a worker takes to stop after SIGTERM or "
                                       "SIGINT, whether or not the broker and Redis answer; then it exits with "
                                       "status 75 (an unfinished batch is replayed, never lost)")

@@ -18,6 +18,7 @@ class MemoryStore:
         self.offsets: dict[str, int] = {}
         self.states: dict[str, dict[str, bytes]] = {}
         self.alerts: dict[str, dict[str, dict[str, Any]]] = {}
+        self.outboxes: dict[str, dict[int, bytes]] = {}
         self.fail_next = 0  # tests: make the next N commits raise ServiceUnavailable
 
     def load(self, pkey: str, accounts: Sequence[str]) -> dict[str, bytes | None]:
@@ -39,6 +40,8 @@ class MemoryStore:
         if self.offsets.get(result.partition_key, -1) != result.first_offset:
             raise FenceError(f"{result.partition_key}: stored offset moved")
         self.offsets[result.partition_key] = result.last_offset
+        if result.outbox:
+            self.outboxes.setdefault(result.partition_key, {})[result.last_offset] = result.outbox
         self.states.setdefault(result.partition_key, {}).update(result.states)
         part = self.alerts.setdefault(result.partition_key, {})
         added = []
@@ -65,3 +68,12 @@ class MemoryStore:
     def all_alerts(self) -> dict[str, dict[str, Any]]:
         """Every alert by event id."""
         return {k: v for part in self.alerts.values() for k, v in part.items()}
+
+    def outbox(self, pkey: str) -> dict[int, bytes]:
+        """Like :meth:`stream.adapters.redis_store.RedisStore.outbox`."""
+        return dict(self.outboxes.get(pkey, {}))
+
+    def clear_outbox(self, pkey: str, ids) -> None:
+        """Like :meth:`stream.adapters.redis_store.RedisStore.clear_outbox`."""
+        for i in ids:
+            self.outboxes.get(pkey, {}).pop(i, None)

@@ -15,13 +15,15 @@ key                                 type    contents
 ``P:{t:p}:alerts``                  stream  the partition's alerts, newest last, ``MAXLEN ~``
 ``P:{t:p}:alerts:by_time``          zset    event_id scored by event time; entries older than
                                             the newest by more than the retention are trimmed
+``P:{t:p}:outbox``                  hash    batch end offset -> the batch's Kafka messages, until
+                                            Kafka acknowledged them (stream.core.outbox)
 ``P:partitions``                    set     every ``t:p`` that has written (to find the keys)
 ``P:alerts:live``                   pubsub  channel: each new alert as JSON
 ==================================  ======  ==================================================
 
 One Lua script applies a whole batch: it checks that the stored offset is the one the
 worker started from (a fence: a worker that lost the partition cannot overwrite newer
-state), stores states, offset and new alerts, skips alerts whose hash already exists
+state), stores states, offset, new alerts and the batch's outbox entry, skips alerts whose hash already exists
 (idempotent by event_id), and returns the ids it added. Scripts run atomically. A batch
 whose end offset is already stored was applied before (a retry after a lost reply) and
 changes nothing.
@@ -115,6 +117,7 @@ if m > 0 then
   end
 end
 redis.call('SADD', KEYS[6], ARGV[i])
+if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[7], ARGV[2], ARGV[i + 1]) end
 return added
 """
 
@@ -168,6 +171,18 @@ class RedisStore:
         raw = self.client.hgetall(self.key(pkey, f"alert:{event_id}"))
         return decode_alert_hash(raw) if raw else None
 
+    def outbox(self, pkey: str) -> dict[int, bytes]:
+        """The partition's outbox entries not yet cleared, by batch end offset (one HGETALL)."""
+        with _reachable("outbox read"):
+            raw = self.client.hgetall(self.key(pkey, "outbox"))
+        return {int(k): v for k, v in raw.items()}
+
+    def clear_outbox(self, pkey: str, ids) -> None:
+        """Remove published outbox entries (one HDEL)."""
+        if ids:
+            with _reachable("outbox clear"):
+                self.client.hdel(self.key(pkey, "outbox"), *[str(i) for i in ids])
+
     def alert_ids(self, pkey: str) -> list[str]:
         """Event ids of a partition's alerts in event-time order."""
         return [e.decode() for e in self.client.zrange(self.key(pkey, "alerts:by_time"), 0, -1)]
@@ -185,8 +200,9 @@ class RedisStore:
         for a in result.alerts:
             args += [a.event_id, a.ts, orjson.dumps(alert_hash(a, now))]
         args.append(pkey)
+        args.append(result.outbox)
         keys = [self.key(pkey, "offset"), self.key(pkey, "state"), self.key(pkey, "alerts"),
-                self.key(pkey, "alerts:by_time"), self.live_channel, self.partitions_key]
+                self.key(pkey, "alerts:by_time"), self.live_channel, self.partitions_key, self.key(pkey, "outbox")]
         return keys, args
 
     @staticmethod

@@ -49,6 +49,7 @@ class BatchResult:
     skipped: int = 0              # replayed records at or below the stored offset
     duplicates: int = 0           # events whose event_id the account has applied already
     score_seconds: float = 0.0
+    outbox: bytes = b""           # its Kafka messages, stored with it (stream.core.outbox)
 
     @property
     def empty(self) -> bool:

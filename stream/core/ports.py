@@ -54,8 +54,17 @@ class StateStore(StateSource, Protocol):
     """A :class:`StateSource` that also applies batch results, one atomic step each."""
 
     def commit_many(self, results: list["BatchResult"]) -> list[list[str] | FenceError]:
-        """Apply each result atomically (fenced on its ``first_offset``); per result, the
-        event ids of the alerts it newly added, or the ``FenceError`` it met."""
+        """Apply each result atomically (fenced on its ``first_offset``), its ``outbox``
+        entry included; per result, the event ids of the alerts it newly added, or the
+        ``FenceError`` it met."""
+        ...
+
+    def outbox(self, partition_key: str) -> dict[int, bytes]:
+        """The partition's outbox entries not yet cleared, by batch end offset."""
+        ...
+
+    def clear_outbox(self, partition_key: str, ids: Sequence[int]) -> None:
+        """Remove outbox entries whose messages Kafka has acknowledged."""
         ...
 
 

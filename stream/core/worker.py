@@ -5,10 +5,13 @@ A runner (faust agent or plain aiokafka loop) only turns its consumer's records 
 :meth:`~WorkerCore.prepare` then :meth:`~WorkerCore.persist`); when that returns, the
 batch is durably in the store and the runner may commit Kafka offsets.
 
-Order of writes per partition batch: dead letters and alerts are published to Kafka and
-acknowledged first (at-least-once; consumers deduplicate by key), then states, offset
-and alerts go to the store in one atomic step, then Kafka offsets are committed. A crash
-anywhere replays the batch; the stored offset makes the replay a no-op in the store.
+Order of writes per partition batch: states, offset, alerts and the batch's Kafka messages
+(its outbox entry: :mod:`stream.core.outbox`) go to the store in one atomic step; then
+the dead letters and alerts are published to Kafka (at-least-once; consumers deduplicate
+by key), without holding the next batch's commit; Kafka offsets are committed once both
+are done. A crash anywhere replays the batch: the stored offset makes the replay a no-op
+in the store, and whatever the outbox still holds is published by the partition's next
+owner.
 
 The core talks to the world only through its ports (:mod:`stream.core.ports`).
 """
@@ -18,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import time
 from typing import Callable, Sequence
 
 import orjson
 
+from stream.core import outbox
 from stream.core.pipeline import BatchResult, Pipeline, partition_key
 from stream.core.ports import FenceError, ModelSource, Publish, Record, StateStore
 from stream.errors import ServiceUnavailable
@@ -62,6 +67,10 @@ class WorkerCore:
                                  max_event_bytes=settings.max_event_bytes)
         self._next_poll = time.monotonic() + settings.model_poll_s
         self._next_log = time.monotonic() + settings.log_interval_s
+        self._publishing: list[asyncio.Future] = []   # publishes of persisted batches in flight
+        self._drained: set[str] = set()               # partitions whose outbox was read since they came
+        fail = settings.failpoint
+        self._fail_after = int(fail.split(":", 1)[1]) if fail.startswith("exit-after-redis-commit:") else None
 
     @property
     def student(self) -> Student:
@@ -69,8 +78,10 @@ class WorkerCore:
         return self.pipeline.student
 
     def revoke(self, topic: str, partition: int) -> None:
-        """Drop a revoked partition's cached states."""
-        self.pipeline.revoke(partition_key(topic, partition))
+        """Drop a revoked partition's cached states (and read its outbox again if it returns)."""
+        pkey = partition_key(topic, partition)
+        self.pipeline.revoke(pkey)
+        self._drained.discard(pkey)
 
     async def _retry(self, what: str, fn: Callable[[], object]) -> object:
         """Run ``fn`` (awaiting its result if it is awaitable) until it succeeds, backing
@@ -88,8 +99,11 @@ class WorkerCore:
 
     async def handle(self, records: Sequence[Record]) -> list[BatchResult]:
         """Process a batch (any partitions, in offset order per partition); return once
-        everything is durably stored: :meth:`prepare`, then :meth:`persist`."""
-        return await self.persist(await self.prepare(group_by_partition(records)))
+        everything is durably stored and published: :meth:`prepare`, :meth:`persist`,
+        :meth:`published`."""
+        results = await self.persist(await self.prepare(group_by_partition(records)))
+        await self.published()
+        return results
 
     async def prepare(self, groups: Sequence[Sequence[Record]]) -> Prepared:
         """Compute the batches' results (CPU only, unless a state must be read from Redis).
@@ -109,14 +123,17 @@ class WorkerCore:
         return group, result, epoch
 
     async def persist(self, prepared: Prepared) -> list[BatchResult]:
-        """Make prepared batches durable; return their results once they are.
+        """Make prepared batches durable in the store; return their results once they are.
 
-        All partitions share one Kafka produce (dead letters, alerts) and one Redis round
-        trip (one atomic script per partition, pipelined), so the fixed cost per batch does
-        not grow with the number of partitions in it. The Redis round trip runs in a worker
-        thread: the event loop stays free meanwhile, so the Kafka consumer keeps fetching.
-        A batch whose partition was dropped since it was prepared (a fence met by an
-        earlier batch, a rebalance) is computed again from the store first.
+        All partitions share one Redis round trip (one atomic script per partition,
+        pipelined), so the fixed cost per batch does not grow with the number of partitions
+        in it. The round trip runs in a worker thread: the event loop stays free meanwhile,
+        so the Kafka consumer keeps fetching. Each batch's alerts and dead letters go into
+        the same script, as its outbox entry, and are published to Kafka after it, in the
+        background: the next batch's commit does not wait for their acknowledgement, the
+        runner's Kafka offset commit does (:meth:`published`). A batch whose partition was
+        dropped since it was prepared (a fence met by an earlier batch, a rebalance) is
+        computed again from the store first.
         """
         pending = prepared
         done: list[tuple[BatchResult, Sequence[Record], list[str]]] = []
@@ -124,7 +141,9 @@ class WorkerCore:
             current = [entry if self.pipeline.epoch(entry[1].partition_key) == entry[2]
                        else await self._compute(entry[0]) for entry in pending]
             results = [result for _, result, _ in current]
-            await self._publish(results)
+            for result in results:
+                messages = self._messages(result)
+                result.outbox = outbox.pack(messages) if messages else b""
             outcomes = await self._retry("writing the batch to Redis",
                                          lambda: asyncio.to_thread(self.store.commit_many, results))
             pending = []
@@ -137,21 +156,70 @@ class WorkerCore:
                 else:
                     self.pipeline.committed(result)
                     done.append((result, group, outcome))
+        self._fail_point()
+        await self._publish_after_commit([result for result, _, _ in done])
         self._count(done)
         self._maybe_log()
         return [result for result, _, _ in done]
 
-    async def _publish(self, results: list[BatchResult]) -> None:
+    def _messages(self, result: BatchResult) -> list[outbox.Message]:
+        """The batch's Kafka messages: dead letters, then alerts (keyed by event id)."""
         cap = self.settings.dead_letter_max_bytes
-        dead = [dead_letter_record(d, cap) for r in results for d in r.dead]
-        alerts = [(a.event_id.encode(), orjson.dumps(alert_message(a)), []) for r in results for a in r.alerts]
-        sends = []
-        if dead:
-            sends.append(self.publish(self.settings.dead_letter_topic, dead))
-        if alerts:
-            sends.append(self.publish(self.settings.alerts_topic, alerts))
-        if sends:
-            await asyncio.gather(*sends)
+        topic = self.settings.dead_letter_topic
+        out: list[outbox.Message] = [(topic, *dead_letter_record(d, cap)) for d in result.dead]
+        topic = self.settings.alerts_topic
+        out += [(topic, a.event_id.encode(), orjson.dumps(alert_message(a)), []) for a in result.alerts]
+        return out
+
+    async def _publish_after_commit(self, results: list[BatchResult]) -> None:
+        """Start publishing the committed batches' outbox entries, and, for a partition this
+        worker has not published for since it got it, what its outbox still holds (left by
+        a crash between a commit and its publish)."""
+        entries: list[tuple[str, int, bytes]] = []
+        for pkey in {r.partition_key for r in results} - self._drained:
+            self._drained.add(pkey)
+            left = await self._retry("reading the outbox", lambda pkey=pkey: asyncio.to_thread(self.store.outbox, pkey))
+            mine = {r.last_offset for r in results if r.partition_key == pkey and r.outbox}  # published below
+            entries += [(pkey, end, blob) for end, blob in sorted(left.items()) if end not in mine]
+            if left.keys() - mine:
+                log.info("%s: publishing %d batches a previous owner committed but did not publish",
+                         pkey, len(left.keys() - mine))
+        entries += [(r.partition_key, r.last_offset, r.outbox) for r in results if r.outbox]
+        if entries:
+            self._publishing.append(asyncio.ensure_future(self._publish_entries(entries)))
+
+    async def _publish_entries(self, entries: list[tuple[str, int, bytes]]) -> None:
+        by_topic: dict[str, list] = {}
+        for _, _, blob in entries:
+            for topic, key, value, headers in outbox.unpack(blob):
+                by_topic.setdefault(topic, []).append((key, value, headers))
+        await asyncio.gather(*(self.publish(topic, items) for topic, items in by_topic.items()))
+        cleared: dict[str, list[int]] = {}
+        for pkey, end, _ in entries:
+            cleared.setdefault(pkey, []).append(end)
+        for pkey, ends in cleared.items():
+            await self._retry("clearing the outbox",
+                              lambda pkey=pkey, ends=ends: asyncio.to_thread(self.store.clear_outbox, pkey, ends))
+
+    async def published(self) -> None:
+        """Wait until every message of the batches persisted so far is acknowledged by Kafka
+        (and cleared from the outbox); a publish that failed raises here. Several callers
+        may wait at once: each waits for all the publishes started before its call."""
+        pending = list(self._publishing)
+        if pending:
+            await asyncio.gather(*pending)
+        self._publishing = [task for task in self._publishing if not task.done()]
+
+    def _fail_point(self) -> None:
+        """Testing only (``TXWATCH_FAILPOINT=exit-after-redis-commit:N``): exit right after
+        the N-th commit, before its messages are published (the crash test's window)."""
+        if self._fail_after is None:
+            return
+        self._fail_after -= 1
+        if self._fail_after <= 0:
+            log.warning("failpoint: exiting after a Redis commit, before publishing it")
+            logging.shutdown()
+            os._exit(86)
 
     def _count(self, done: list[tuple[BatchResult, Sequence[Record], list[str]]]) -> None:
         m = self.metrics

@@ -11,8 +11,9 @@ faust hands an agent one event at a time. :class:`Batcher` gathers them into bat
   a backlog (natural batching, as in a database's group commit);
 * when ``max_items`` records wait and the previous batch is not yet taken, :meth:`add`
   waits: the source's own buffer fills and its consumer pauses (back-pressure);
-* a batch's records are acknowledged (``ack``) only once the batch is durably written,
-  in batch order, so Kafka offsets are never committed ahead of Redis.
+* a batch's records are acknowledged (``ack``) only once the batch is durably written and
+  its alerts and dead letters are on Kafka, so Kafka offsets are never committed ahead of
+  either; the next batch's write waits only for the previous one's Redis commit.
 
 faust's own ``stream.take(n, within)`` stops pulling events while the agent's body runs
 and then waits out ``within`` on every batch: a catching-up worker took small batches
@@ -56,6 +57,7 @@ class Batcher(Generic[T]):
         self._ready = asyncio.Event()     # cut the batch now
         self._taken = asyncio.Event()     # the flusher took the pending items
         self._writing: asyncio.Task | None = None
+        self._acking: deque[asyncio.Future] = deque(maxlen=64)  # acks waiting for Kafka, newest last
         self._added = self._acked = 0
         self._failed = False
         self.sizes: deque[int] = deque(maxlen=1000)  # sizes of the latest batches
@@ -115,14 +117,32 @@ class Batcher(Generic[T]):
         except asyncio.CancelledError:
             if self._writing is not None:
                 self._writing.cancel()
+            for task in self._acking:
+                task.cancel()
             raise
         except Exception as exc:  # noqa: BLE001 - handed to on_error, which decides
             self._failed = True
             self.on_error(exc)
 
     async def _write(self, prepared, items: list[T]) -> None:
+        """Commit a batch to the store; ack its items once its messages are on Kafka too. The
+        next batch's commit waits for this one's commit only, not for the Kafka acks."""
         try:
             await self.core.persist(prepared)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._failed = True
+            self.on_error(exc)
+            return
+        previous = self._acking[-1] if self._acking else None
+        self._acking.append(asyncio.ensure_future(self._ack_when_published(items, previous)))
+
+    async def _ack_when_published(self, items: list[T], previous: asyncio.Future | None) -> None:
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])  # acks in batch order
+            await self.core.published()
             await self.ack(items)
             self._acked += len(items)
         except asyncio.CancelledError:

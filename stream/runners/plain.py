@@ -1,10 +1,11 @@
 """The plain aiokafka runner: the same core as the faust agent, without faust's per-event cost.
 
 ``getmany`` returns batches per partition. Two stages overlap: while batch ``k`` is being
-written (alerts and dead letters to Kafka, then states, offsets and alerts to Redis:
-:meth:`stream.core.worker.WorkerCore.persist`), batch ``k+1`` is fetched and computed
+written (states, offsets, alerts and its outbox entry to Redis, then its alerts and dead
+letters to Kafka in the background: :meth:`stream.core.worker.WorkerCore.persist`), batch
+``k+1`` is fetched and computed
 (:meth:`~stream.core.worker.WorkerCore.prepare`); writes stay in batch order. Only offsets of
-batches already in Redis are committed to Kafka, explicitly (auto-commit is off), at most
+batches already in Redis, whose messages Kafka has acknowledged, are committed to Kafka, explicitly (auto-commit is off), at most
 every ``commit_interval_s`` and on shutdown. Redis holds the applied offsets, so a Kafka
 commit only sets where a restarted consumer resumes; replays below the Redis offset are
 no-ops.
@@ -102,11 +103,13 @@ async def run_plain(settings: Settings, *, metrics: WorkerMetrics | None = None,
                 else:
                     core.idle()
                 if stored and time.monotonic() - last_commit >= settings.commit_interval_s:
+                    await core.published()  # the stored batches' messages are on Kafka too
                     await _commit(consumer, stored)
                     last_commit = time.monotonic()
             if writing is not None:
                 await writing
                 stored.update(writing_ends)
+            await core.published()
             if stored:
                 await _commit(consumer, stored)
         finally:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from stream.atomic import write_dir
 from stream.errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -61,26 +60,11 @@ def write_artifact(out_dir: str | os.PathLike, files: dict[str, bytes], manifest
     for name in files:
         if not _SAFE_NAME.match(name) or name == MANIFEST:
             raise ArtifactError(f"unsafe artifact file name {name!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        full = dict(manifest)
-        full["format"] = FORMAT
-        full["files"] = {name: sha256_bytes(data) for name, data in files.items()}
-        (tmp / MANIFEST).write_bytes(orjson.dumps(full, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    full = dict(manifest)
+    full["format"] = FORMAT
+    full["files"] = {name: sha256_bytes(data) for name, data in files.items()}
+    manifest_bytes = orjson.dumps(full, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    return write_dir(out, {**files, MANIFEST: manifest_bytes})
 
 
 def read_artifact(

@@ -52,8 +52,17 @@ def records(events, partition=0, start=0):
             for i, v in enumerate(events)]
 
 
-def test_alerts_and_dead_letters_are_published_before_the_redis_commit(models, small_history, tmp_path):
+def test_the_redis_commit_comes_first_with_its_outbox_then_kafka_then_the_outbox_is_cleared(
+        models, small_history, tmp_path):
     core, journal, store = make_core(models, tmp_path)
+    outboxes_at_commit = []
+    commit = store.commit
+
+    def spying_commit(result):
+        added = commit(result)
+        outboxes_at_commit.append(store.outbox(result.partition_key))
+        return added
+    store.commit = spying_commit
     student = core.student
     # Pick events the model alerts on, plus one bad record.
     from stream.events.schema import event_from_dict
@@ -66,7 +75,9 @@ def test_alerts_and_dead_letters_are_published_before_the_redis_commit(models, s
     batch = records(evs + [b'{"event_id": 5}'])
     asyncio.run(core.handle(batch))
     kinds = [entry[0] for entry in journal.log]
-    assert kinds.count("redis") == 1 and kinds[-1] == "redis"  # Kafka first, Redis last
+    assert kinds.count("redis") == 1 and kinds[0] == "redis"  # Redis first, Kafka after
+    # The commit stored the batch's messages (its outbox entry); once Kafka had them, it was cleared.
+    assert len(outboxes_at_commit[0]) == 1 and store.outbox(f"{TOPIC}:0") == {}
     alerts = [e for e in journal.log if e[0] == "kafka" and e[1] == core.settings.alerts_topic]
     assert len(alerts) == n_alerts == len(store.all_alerts())
     body = orjson.loads(alerts[0][3])
@@ -257,3 +268,34 @@ def test_a_state_read_failing_mid_batch_is_retried_without_losing_the_batch(mode
     asyncio.run(core.handle(records(evs)))
     assert core.metrics.value(core.metrics.retries) == 2
     assert _snapshot(store) == _snapshot(ref_store)
+
+
+def test_a_crash_between_the_commit_and_the_publish_leaves_the_outbox_for_the_next_owner(
+        models, small_history, tmp_path):
+    """The first worker commits but its publish never completes (the broker is gone, then the
+    worker dies); the next owner of the partition publishes the outbox before its own batch."""
+    store = MemoryStore()
+    first, _, _ = make_core(models, tmp_path, store=store)
+
+    async def broker_gone(topic, items):
+        raise ConnectionError("broker gone")
+    first.publish = broker_gone
+    evs = small_history[:4000]
+    asyncio.run(first.persist(asyncio.run(first.prepare([records(evs[:2000])]))))
+    stored_alerts = set(store.all_alerts())
+    assert stored_alerts and len(store.outbox(f"{TOPIC}:0")) == 1  # committed, not published
+
+    second, journal, _ = make_core(models, tmp_path, store=store)
+
+    def alerts_published():
+        return [orjson.loads(e[3])["event_id"] for e in journal.log
+                if e[0] == "kafka" and e[1] == second.settings.alerts_topic]
+    # Kafka offsets were never committed: the new owner is handed the same records first. The
+    # replay is a no-op in Redis (its end offset is the outbox entry's key), yet publishes it.
+    asyncio.run(second.handle(records(evs[:2000])))
+    assert set(alerts_published()) == stored_alerts and store.outbox(f"{TOPIC}:0") == {}
+    asyncio.run(second.handle(records(evs[2000:], start=2000)))
+    published = alerts_published()
+    assert stored_alerts <= set(published)          # the first worker's alerts reached Kafka
+    assert set(published) == set(store.all_alerts())  # and every alert stored, nothing else
+    assert store.outbox(f"{TOPIC}:0") == {}
