@@ -9,8 +9,8 @@
 5. Summary: throughput, alerts, precision and recall on the fresh day against the
    simulator's labels, a few alerts with their reasons, and how to read alerts in Redis.
 
-Everything it starts is stopped on exit, on Ctrl-C, and (through a parent-death
-signal) even if the demo itself is killed.
+Everything it starts is stopped on exit, on Ctrl-C and on SIGTERM, and (through a
+parent-death signal) even if the demo itself is killed.
 """
 
 from __future__ import annotations
@@ -69,7 +69,22 @@ def _wait_for(store, settings: Settings, target: int, worker: subprocess.Popen, 
 
 def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, runner: str,
              rate: float, teacher_trees: int, keep: bool, log: Callable[[str], None]) -> dict:
-    """Run the demo; return its summary (also printed through ``log``)."""
+    """Run the demo; return its summary (also printed through ``log``). SIGTERM stops it as
+    Ctrl-C does: everything it started is stopped first."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_demo(events=events, accounts=accounts, days=days, seed=seed, workdir=workdir, runner=runner,
+                         rate=rate, teacher_trees=teacher_trees, keep=keep, log=log)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def _run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, runner: str,
+              rate: float, teacher_trees: int, keep: bool, log: Callable[[str], None]) -> dict:
     from stream.adapters.kafka import ensure_topics
     from stream.adapters.redis_store import redis_store
     from stream.events.files import write_events
@@ -93,7 +108,7 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
             red = stack.enter_context(EmbeddedRedis())
             overrides["redis_url"] = red.url
             log(f"embedded Redis on {red.url}")
-        from txwatch.local.embedded import free_port
+        from txwatch.local.embedded import die_with_parent, free_port
 
         settings = load_settings(model_dir=str(work / "student"), metrics_port=free_port(), **overrides)
 
@@ -123,8 +138,11 @@ def run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, 
                    TXWATCH_SESSION_TIMEOUT_S="6", TXWATCH_REBALANCE_TIMEOUT_S="6")
         worker_log = open(work / "worker.log", "wb")
         stack.callback(worker_log.close)
+        # The worker, like the servers, gets SIGTERM if the demo dies (and then stops within
+        # its shutdown bound, broker or not).
         worker = subprocess.Popen([sys.executable, "-m", "txwatch", "worker", "--runner", runner], env=env,
-                                  stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                  stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  preexec_fn=die_with_parent)
 
         def stop_worker() -> None:
             if worker.poll() is None:

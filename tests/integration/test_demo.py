@@ -37,3 +37,41 @@ def test_demo_runs_end_to_end_on_embedded_servers_and_cleans_up(capsys, monkeypa
                                         r"redis://127\.0\.0\.1):(\d+)", err)]
     assert len(ports) == 2, err[:500]
     assert not any(_listening(p) for p in ports)
+
+
+def test_sigterm_to_demo_keep_stops_everything_it_started(tmp_path):
+    """``txwatch demo --keep`` waits for Ctrl-C; SIGTERM (what a process manager sends) must
+    stop it the same way: worker, broker and Redis gone within seconds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TXWATCH_KAFKA_URL", "TXWATCH_REDIS_URL")}
+    log_path = tmp_path / "demo.log"
+    demo = subprocess.Popen([sys.executable, "-m", "txwatch", "demo", "--keep", "--events", "30000", "--accounts",
+                             "300", "--days", "6", "--teacher-trees", "120", "--workdir", str(tmp_path / "demo")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"), stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while "servers keep running" not in log_path.read_text(errors="replace"):
+            assert demo.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.5)
+        err = log_path.read_text(errors="replace")
+        worker_pid = int(re.search(r"worker started \(\w+ runner, pid (\d+)", err).group(1))
+        ports = [int(p) for p in re.findall(r"embedded (?:Kafka-protocol broker \(Tansu\) on 127\.0\.0\.1|Redis on "
+                                            r"redis://127\.0\.0\.1):(\d+)", err)]
+        assert len(ports) == 2 and all(_listening(p) for p in ports)
+        t0 = time.monotonic()
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(30)
+        assert time.monotonic() - t0 < 30
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert not any(_listening(p) for p in ports)
+    deadline = time.monotonic() + 15
+    while os.path.exists(f"/proc/{worker_pid}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{worker_pid}"), "the worker outlived the demo"

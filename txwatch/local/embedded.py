@@ -34,7 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM when its parent dies (runs between fork and exec)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
@@ -79,7 +80,7 @@ class _Server:
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.workdir,
-                                         env=self.environment(), preexec_fn=_die_with_parent)
+                                         env=self.environment(), preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         _wait_for_port(self.port, self.proc, self.name, log, timeout)
         self._wait_ready(deadline)
