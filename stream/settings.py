@@ -96,6 +96,14 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return v
 
+    @field_validator("failpoint")
+    @classmethod
+    def _failpoint(cls, v: str) -> str:
+        name, _, count = v.partition(":")
+        if v and not (name == "exit-after-redis-commit" and count.isdigit() and int(count) > 0):
+            raise ValueError("must be empty or exit-after-redis-commit:N with N > 0")
+        return v
+
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, v: str) -> str:

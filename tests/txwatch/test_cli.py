@@ -29,6 +29,8 @@ def run(capsys, monkeypatch, env, *argv):
     # 0 would make a worker on the embedded broker consume nothing (Tansu answers a 0 ms
     # fetch with no records; seen in a probe: nothing visible within 2 s, 100 of 100 times).
     ({"TXWATCH_FETCH_MAX_WAIT_MS": "0"}, ["worker"], "TXWATCH_FETCH_MAX_WAIT_MS"),
+    ({"TXWATCH_FAILPOINT": "exit-after-redis-commit:soon"}, ["worker"], "TXWATCH_FAILPOINT"),
+    ({"TXWATCH_SHUTDOWN_TIMEOUT_S": "0"}, ["worker"], "TXWATCH_SHUTDOWN_TIMEOUT_S"),
 ])
 def test_operational_commands_fail_cleanly(capsys, monkeypatch, tmp_path, env, argv, words):
     monkeypatch.chdir(tmp_path)
