@@ -22,7 +22,7 @@ from stream.events.schema import event_from_dict
 from stream.features.reference import FeatureEngine
 from stream.scoring.student import load_student
 from stream.settings import Settings, load_settings
-from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis
+from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,8 @@ def start_worker(s: Settings, runner: str, log_path: Path, **extra) -> subproces
     """``txwatch worker`` as a separate process, as users run it."""
     return subprocess.Popen([sys.executable, "-m", "txwatch", "worker", "--runner", runner],
                             env=env_for(s, **extra), cwd=ROOT, stdout=open(log_path, "wb"),
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)  # a killed test run leaves no worker behind
 
 
 def produce(s: Settings, payloads: list[bytes], keys: list[bytes | None] | None = None) -> None:
