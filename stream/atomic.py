@@ -7,21 +7,35 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into: a temporary file beside it that,
+    once the block ends without error, is synced, made readable (0644) and renamed over
+    ``path``; on an error it is removed and ``path`` stays as it was. Missing parent
+    directories are created."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`replacing`)."""
+    with replacing(path) as f:
+        f.write(data)
 
 
 def write_dir(path: str | os.PathLike, files: dict[str, bytes]) -> Path:

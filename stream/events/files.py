@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 
 import orjson
 
+from stream.atomic import replacing
 from stream.errors import DataError, InvalidEvent
 from stream.events.schema import Event, parse_event
 from stream.progress import progress_bar
@@ -155,21 +155,8 @@ def write_events(path: str | os.PathLike, events: Iterable[dict], *, progress: b
     """
     path = Path(path)
     total = len(events) if isinstance(events, Sized) else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with progress_bar(total, f"write {path.name}", enabled=progress) as bar:
-            with os.fdopen(fd, "wb") as f:
-                count = (_write_parquet if is_parquet(path) else _write_jsonl)(f, events, bar)
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return count
+    with progress_bar(total, f"write {path.name}", enabled=progress) as bar, replacing(path) as f:
+        return (_write_parquet if is_parquet(path) else _write_jsonl)(f, events, bar)
 
 
 def _write_jsonl(f, events: Iterable[dict], bar) -> int:
