@@ -137,13 +137,14 @@ class WorkerCore:
         """
         pending = prepared
         done: list[tuple[BatchResult, Sequence[Record], list[str]]] = []
+        messages: dict[int, list[outbox.Message]] = {}  # by id(result): published as they are, not unpacked
         while pending:
             current = [entry if self.pipeline.epoch(entry[1].partition_key) == entry[2]
                        else await self._compute(entry[0]) for entry in pending]
             results = [result for _, result, _ in current]
             for result in results:
-                messages = self._messages(result)
-                result.outbox = outbox.pack(messages) if messages else b""
+                msgs = messages[id(result)] = self._messages(result)
+                result.outbox = outbox.pack(msgs) if msgs else b""
             outcomes = await self._retry("writing the batch to Redis",
                                          lambda: asyncio.to_thread(self.store.commit_many, results))
             pending = []
@@ -157,7 +158,7 @@ class WorkerCore:
                     self.pipeline.committed(result)
                     done.append((result, group, outcome))
         self._fail_point()
-        await self._publish_after_commit([result for result, _, _ in done])
+        await self._publish_after_commit([result for result, _, _ in done], messages)
         self._count(done)
         self._maybe_log()
         return [result for result, _, _ in done]
@@ -171,27 +172,28 @@ class WorkerCore:
         out += [(topic, a.event_id.encode(), orjson.dumps(alert_message(a)), []) for a in result.alerts]
         return out
 
-    async def _publish_after_commit(self, results: list[BatchResult]) -> None:
+    async def _publish_after_commit(self, results: list[BatchResult],
+                                    messages: dict[int, list[outbox.Message]]) -> None:
         """Start publishing the committed batches' outbox entries, and, for a partition this
         worker has not published for since it got it, what its outbox still holds (left by
         a crash between a commit and its publish)."""
-        entries: list[tuple[str, int, bytes]] = []
+        entries: list[tuple[str, int, list[outbox.Message]]] = []
         for pkey in {r.partition_key for r in results} - self._drained:
             self._drained.add(pkey)
             left = await self._retry("reading the outbox", lambda pkey=pkey: asyncio.to_thread(self.store.outbox, pkey))
             mine = {r.last_offset for r in results if r.partition_key == pkey and r.outbox}  # published below
-            entries += [(pkey, end, blob) for end, blob in sorted(left.items()) if end not in mine]
+            entries += [(pkey, end, outbox.unpack(blob)) for end, blob in sorted(left.items()) if end not in mine]
             if left.keys() - mine:
                 log.info("%s: publishing %d batches a previous owner committed but did not publish",
                          pkey, len(left.keys() - mine))
-        entries += [(r.partition_key, r.last_offset, r.outbox) for r in results if r.outbox]
+        entries += [(r.partition_key, r.last_offset, messages[id(r)]) for r in results if r.outbox]
         if entries:
             self._publishing.append(asyncio.ensure_future(self._publish_entries(entries)))
 
-    async def _publish_entries(self, entries: list[tuple[str, int, bytes]]) -> None:
+    async def _publish_entries(self, entries: list[tuple[str, int, list[outbox.Message]]]) -> None:
         by_topic: dict[str, list] = {}
-        for _, _, blob in entries:
-            for topic, key, value, headers in outbox.unpack(blob):
+        for _, _, msgs in entries:
+            for topic, key, value, headers in msgs:
                 by_topic.setdefault(topic, []).append((key, value, headers))
         await asyncio.gather(*(self.publish(topic, items) for topic, items in by_topic.items()))
         cleared: dict[str, list[int]] = {}
