@@ -30,14 +30,16 @@ def own_servers(settings, tmp_path):
     red.close()
 
 
-def _scoring_worker(s, runner, small_history, log_path):
+def _scoring_worker(s, runner, small_history, tmp_path):
+    """A worker that has scored the first 3,000 events, and its log."""
+    log_path = tmp_path / "worker.log"
     produce_events(s, small_history[:3000])
     worker = start_worker(s, runner, log_path)
     deadline = time.monotonic() + 90
     while processed(s) < 3000:
         assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
         time.sleep(0.1)
-    return worker
+    return worker, log_path
 
 
 def _stop_within_bound(worker, log_path) -> tuple[int, float]:
@@ -54,8 +56,7 @@ def _stop_within_bound(worker, log_path) -> tuple[int, float]:
 @pytest.mark.parametrize("runner", ["faust", "plain"])
 def test_sigterm_with_the_broker_gone_stops_within_the_bound(own_servers, small_history, tmp_path, runner):
     s, kafka, _ = own_servers
-    log_path = tmp_path / "worker.log"
-    worker = _scoring_worker(s, runner, small_history, log_path)
+    worker, log_path = _scoring_worker(s, runner, small_history, tmp_path)
     kafka.kill()
     time.sleep(1.0)  # the worker notices: its fetches fail
     code, seconds = _stop_within_bound(worker, log_path)
@@ -66,8 +67,7 @@ def test_sigterm_with_the_broker_gone_stops_within_the_bound(own_servers, small_
 @pytest.mark.parametrize("runner", ["faust", "plain"])
 def test_sigterm_with_redis_gone_mid_stream_stops_within_the_bound(own_servers, small_history, tmp_path, runner):
     s, _, red = own_servers
-    log_path = tmp_path / "worker.log"
-    worker = _scoring_worker(s, runner, small_history, log_path)
+    worker, log_path = _scoring_worker(s, runner, small_history, tmp_path)
     red.kill()
     produce_events(s, small_history[3000:6000])  # a batch that cannot be written
     deadline = time.monotonic() + 30
