@@ -15,6 +15,10 @@ Student families (each a scikit-learn-style trainer; ``fit`` returns self):
   soft targets by weighting each row once as positive (``p_T``) and once as negative
   (``1 - p_T``), which is exactly the soft cross-entropy; L2 penalty ``C``.
 
+Both keep the teacher's risk directions (:mod:`training.monotone`): the trees through
+LightGBM's monotone constraints, the linear model by holding each constrained
+coefficient to its sign. Platt scaling with a positive slope keeps the direction.
+
 Every family is fitted, compared on the validation period, and the best by validation
 AUPRC becomes the artifact (``--family`` forces one). The student's raw score is then
 calibrated by Platt scaling on validation labels, and the alert threshold is chosen on the
@@ -37,7 +41,8 @@ from stream.scoring.artifact import sha256_bytes, utc_now, version_stamp, write_
 from stream.scoring.student import STUDENT_FILE, Student, student_payload_bytes
 from training import metrics as M
 from training.dataset import TEST, TRAIN, VALID, Dataset
-from training.teacher import TEACHER_FILE, Teacher
+from training.monotone import as_manifest, constraint_vector
+from training.teacher import MONOTONE_METHOD, TEACHER_FILE, Teacher
 
 FAMILIES = ("trees", "linear")
 
@@ -117,7 +122,8 @@ class TreeStudent:
     def __init__(self, n_estimators: int = 1000, num_leaves: int = 7, learning_rate: float = 0.3,
                  temperature: float = 10.0, lambda_l2: float = 1.0, min_child_samples: int = 40,
                  feature_fraction: float = 0.9, early_stopping_rounds: int = 20,
-                 max_leaves: int | None = None, seed: int = 0) -> None:
+                 max_leaves: int | None = None, seed: int = 0,
+                 monotone_constraints: list[int] | None = None) -> None:
         self.n_estimators = n_estimators
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
@@ -128,6 +134,7 @@ class TreeStudent:
         self.early_stopping_rounds = early_stopping_rounds
         self.max_leaves = max_leaves
         self.seed = seed
+        self.monotone_constraints = monotone_constraints
 
     def fit(self, X: np.ndarray, teacher_raw: np.ndarray, X_val: np.ndarray,
             teacher_raw_val: np.ndarray) -> "TreeStudent":
@@ -142,11 +149,15 @@ class TreeStudent:
             "feature_fraction": self.feature_fraction, "seed": self.seed, "deterministic": True,
             "force_row_wise": True, "verbosity": -1,
         }
+        if self.monotone_constraints and any(self.monotone_constraints):
+            params["monotone_constraints"] = list(self.monotone_constraints)
+            params["monotone_constraints_method"] = MONOTONE_METHOD
         train = lgb.Dataset(X, label=soft_targets(teacher_raw, self.temperature))
         valid = lgb.Dataset(X_val, label=soft_targets(teacher_raw_val, self.temperature), reference=train)
         booster = lgb.train(params, train, num_boost_round=rounds, valid_sets=[valid],
                             callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
-        self.params_ = params | {"rounds": rounds, "temperature": self.temperature}
+        self.params_ = {k: v for k, v in params.items() if k != "monotone_constraints"} | {
+            "rounds": rounds, "temperature": self.temperature}
         self.trees_ = trees_from_model_string(booster.model_to_string(num_iteration=booster.best_iteration))
         return self
 
@@ -160,10 +171,12 @@ class LinearStudent:
 
     family = "linear"
 
-    def __init__(self, C: float = 1.0, temperature: float = 10.0, max_iter: int = 1000) -> None:
+    def __init__(self, C: float = 1.0, temperature: float = 10.0, max_iter: int = 1000,
+                 monotone_constraints: list[int] | None = None) -> None:
         self.C = C
         self.temperature = temperature
         self.max_iter = max_iter
+        self.monotone_constraints = monotone_constraints
 
     def fit(self, X: np.ndarray, teacher_raw: np.ndarray, X_val: np.ndarray | None = None,
             teacher_raw_val: np.ndarray | None = None) -> "LinearStudent":
@@ -175,9 +188,21 @@ class LinearStudent:
         Z = (X - self.mean_) / self.scale_
         p = soft_targets(teacher_raw, self.temperature)
         n = len(Z)
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        model.fit(np.vstack([Z, Z]), np.r_[np.ones(n), np.zeros(n)], sample_weight=np.r_[p, 1.0 - p])
-        self.coef_ = model.coef_[0]
+        signs = np.asarray(self.monotone_constraints or [0] * Z.shape[1])
+        active = np.ones(Z.shape[1], dtype=bool)
+        # Sign constraints by elimination: a constrained coefficient fitted against its
+        # direction is fixed at 0 and the rest refitted, until every sign holds.
+        for _ in range(Z.shape[1] + 1):
+            model = LogisticRegression(C=self.C, max_iter=self.max_iter)
+            model.fit(np.vstack([Z[:, active], Z[:, active]]), np.r_[np.ones(n), np.zeros(n)],
+                      sample_weight=np.r_[p, 1.0 - p])
+            coef = np.zeros(Z.shape[1])
+            coef[active] = model.coef_[0]
+            wrong = (signs * coef) < 0
+            if not wrong.any():
+                break
+            active &= ~wrong
+        self.coef_ = coef
         self.intercept_ = float(model.intercept_[0])
         self.params_ = {"C": self.C, "temperature": self.temperature}
         return self
@@ -192,7 +217,11 @@ def platt(raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Platt scaling ``p = sigmoid(a * raw + b)`` fitted on labelled validation scores."""
     lr = LogisticRegression(C=1e6, max_iter=1000)
     lr.fit(raw.reshape(-1, 1), y)
-    return {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+    a = float(lr.coef_[0, 0])
+    if not a > 0:
+        raise DataError(f"calibration slope {a:.4g} is not positive: the student's score does not rank "
+                        "validation positives above negatives")
+    return {"a": a, "b": float(lr.intercept_[0])}
 
 
 def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, *, alert_rate: float | None,
@@ -211,13 +240,13 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, *, alert_rate: float 
 
 
 def make_trainer(family: str, temperature: float, teacher_leaves: int, leaf_budget: float,
-                 seed: int, **overrides: Any):
+                 seed: int, monotone_constraints: list[int] | None = None, **overrides: Any):
     """A student trainer of ``family`` with the shared distillation settings."""
     if family == "trees":
-        return TreeStudent(temperature=temperature, seed=seed,
+        return TreeStudent(temperature=temperature, seed=seed, monotone_constraints=monotone_constraints,
                            max_leaves=max(1, int(leaf_budget * teacher_leaves)), **overrides)
     if family == "linear":
-        return LinearStudent(temperature=temperature, **overrides)
+        return LinearStudent(temperature=temperature, monotone_constraints=monotone_constraints, **overrides)
     raise DataError(f"unknown student family {family!r} (choose from {', '.join(FAMILIES)})")
 
 
@@ -226,9 +255,15 @@ def distill(ds: Dataset, teacher: Teacher, out_dir: str | os.PathLike, *,
             temperature: float = 10.0, augment_factor: float = 1.0, noise: float = 0.05,
             leaf_budget: float = 0.01, alert_rate: float | None = 0.01, precision: float | None = None,
             tree_leaves: int | None = None, tree_learning_rate: float | None = None,
-            seed: int = 0, log=print) -> dict[str, Any]:
-    """Fit every family, compare them, save the chosen student; return its manifest."""
+            monotone: tuple[str, ...] | None = None, seed: int = 0, log=print) -> dict[str, Any]:
+    """Fit every family, compare them, save the chosen student; return its manifest.
+
+    ``monotone``: the features held to their risk direction; ``None`` takes the teacher's.
+    """
     ds.require_labels()
+    if monotone is None:
+        monotone = teacher.monotone
+    vector = constraint_vector(ds.feature_names, monotone)
     if tuple(teacher.feature_names) != tuple(ds.feature_names):
         raise DataError("the teacher was trained on other features than this data provides")
     if temperature <= 0:
@@ -254,7 +289,8 @@ def distill(ds: Dataset, teacher: Teacher, out_dir: str | os.PathLike, *,
                 overrides["num_leaves"] = tree_leaves
             if tree_learning_rate is not None:
                 overrides["learning_rate"] = tree_learning_rate
-        trainer = make_trainer(fam, temperature, teacher.n_leaves, leaf_budget, seed, **overrides)
+        trainer = make_trainer(fam, temperature, teacher.n_leaves, leaf_budget, seed,
+                               monotone_constraints=vector, **overrides)
         trainer.fit(X_transfer, t_transfer, X_val, t_val)
         payload = trainer.payload()
         raw_val = Student(_stub_manifest(ds), payload).raw(X_val)
@@ -295,6 +331,7 @@ def distill(ds: Dataset, teacher: Teacher, out_dir: str | os.PathLike, *,
         "params": trainer.params_ | {"augment_factor": augment_factor, "noise": noise,
                                      "leaf_budget": leaf_budget, "seed": seed},
         "threshold": threshold,
+        "monotone": as_manifest(monotone),
         "size": {"trees": student.n_trees, "leaves": student.n_leaves, "bytes": len(body)},
         "metrics": {
             "comparison": results,

@@ -75,7 +75,8 @@ def evaluate(student: Student, teacher: Teacher, ds: Dataset, *, period: str = "
     teacher_size = teacher.manifest["size"]
     result = {
         "source": ds.source, "period": period, "events": int(len(y)), "positives": int(y.sum()),
-        "threshold": thr, "model_version": student.version, "family": student.family,
+        "threshold": thr, "teacher_threshold_same_alert_rate": float(t_thr),
+        "model_version": student.version, "family": student.family,
         "student": M.summarize(y, p_s, thr, scen),
         "teacher": M.summarize(y, p_t, t_thr, scen),
         "agreement": {"spearman": M.spearman(raw_t, raw_s),
@@ -96,6 +97,22 @@ def evaluate(student: Student, teacher: Teacher, ds: Dataset, *, period: str = "
         result["sizes"]["student_leaf_fraction"] = student.n_leaves / leaves_t
     result["_arrays"] = {"y": y, "teacher_p": p_t, "student_p": p_s}
     return result
+
+
+def evaluate_stress(student: Student, teacher: Teacher, result: dict[str, Any], events: str | os.PathLike, *,
+                    seed: int = 0, per_family: int | None = None) -> dict[str, Any]:
+    """Recall per stress-variant family (:mod:`training.stress`) at the thresholds of ``result``:
+    the student's stored one, the teacher's at the same alert rate. Adds ``result["stress"]``."""
+    from stream.events.files import read_events
+    from training.stress import DEFAULT_PER_FAMILY, stress_recall
+
+    if student.manifest.get("feature_mode") == "table":
+        raise DataError("stress variants are exchange events; this is a tabular model")
+    history = [e.to_dict() for e in read_events(events)]
+    models = {"student": (student.score, result["threshold"]),
+              "teacher": (teacher.score, result["teacher_threshold_same_alert_rate"])}
+    result["stress"] = stress_recall(models, history, seed, per_family=per_family or DEFAULT_PER_FAMILY)
+    return result["stress"]
 
 
 def write(result: dict[str, Any], report_dir: str | os.PathLike) -> Path:

@@ -192,8 +192,11 @@ def threshold_for_alert_rate(p: Any, rate: float) -> float:
 
     Tied scores are alerted together or not at all, so the achieved alert rate never
     exceeds ``rate`` (it may fall below it when ties straddle the cut, down to zero
-    alerts). The result is the next float above the highest score that must *not* be
-    alerted, i.e. the lowest threshold possible; ``rate`` must be in (0, 1).
+    alerts). The result lies halfway between the highest score that must *not* be
+    alerted and the next higher score (the next float above it when there is none), so
+    the same scores are alerted as by the lowest possible threshold, with a margin on
+    both sides: a score tied with the cut stays below it after the integer-only export
+    rounds its leaves (:mod:`export.fixed`). ``rate`` must be in (0, 1).
 
     >>> p = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     >>> t = threshold_for_alert_rate(p, 0.3)
@@ -207,8 +210,15 @@ def threshold_for_alert_rate(p: Any, rate: float) -> float:
     r = _rate(rate)
     k = _max_alerts(p.size, r)
     desc = np.sort(p)[::-1]
-    # count(p >= t) >= k + 1  <=>  t <= desc[k]; so t must lie strictly above desc[k].
-    return float(np.nextafter(desc[k], np.inf))
+    # count(p >= t) >= k + 1  <=>  t <= desc[k]; so t must lie strictly above desc[k],
+    # and at most at the next higher score, to alert the same scores.
+    cut = desc[k]
+    higher = desc[:k][desc[:k] > cut]
+    if len(higher):
+        mid = float(cut + (higher[-1] - cut) / 2.0)
+        if cut < mid <= higher[-1]:
+            return mid
+    return float(np.nextafter(cut, np.inf))
 
 
 def threshold_for_precision(y: Any, p: Any, precision: float) -> float:

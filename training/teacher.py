@@ -3,7 +3,9 @@
 It is trained on the earliest period and early-stopped on the next one (validation
 average precision); the latest period is never seen. Class imbalance is handled with
 ``scale_pos_weight`` (default: the square root of the negative/positive ratio, which
-boosts recall on rare positives without the extreme weights of the full ratio). The
+boosts recall on rare positives without the extreme weights of the full ratio). On event
+data the features of :data:`training.monotone.DEFAULT` are held to their risk direction
+(LightGBM's monotone constraints; ``--monotone`` changes the set). The
 artifact is LightGBM's own text model plus a manifest; no pickle.
 """
 
@@ -18,8 +20,12 @@ import numpy as np
 from stream.errors import ArtifactError
 from stream.scoring.artifact import read_artifact, utc_now, version_stamp, write_artifact
 from training.dataset import TRAIN, VALID, Dataset
+from training.monotone import DEFAULT as DEFAULT_MONOTONE
+from training.monotone import as_manifest, constraint_vector
 
 TEACHER_FILE = "teacher.txt"
+# LightGBM's "intermediate" method constrains less than "basic" (better fit, same guarantee).
+MONOTONE_METHOD = "intermediate"
 
 
 class TeacherTrainer:
@@ -29,7 +35,8 @@ class TeacherTrainer:
                  min_child_samples: int = 20, feature_fraction: float = 0.8,
                  bagging_fraction: float = 0.8, lambda_l2: float = 1.0,
                  scale_pos_weight: float | None = None, early_stopping_rounds: int = 200,
-                 seed: int = 0, num_threads: int = 0, progress: bool = False) -> None:
+                 seed: int = 0, num_threads: int = 0, progress: bool = False,
+                 monotone_constraints: list[int] | None = None) -> None:
         self.n_estimators = n_estimators
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
@@ -42,12 +49,13 @@ class TeacherTrainer:
         self.seed = seed
         self.num_threads = num_threads
         self.progress = progress
+        self.monotone_constraints = monotone_constraints
 
     def params(self, y: np.ndarray) -> dict[str, Any]:
         """LightGBM parameters for labels ``y`` (resolves the automatic class weight)."""
         pos = max(int(np.sum(y == 1)), 1)
         spw = self.scale_pos_weight or float(np.sqrt((len(y) - pos) / pos))
-        return {
+        params = {
             "objective": "binary", "metric": "average_precision",
             "num_leaves": self.num_leaves, "learning_rate": self.learning_rate,
             "min_child_samples": self.min_child_samples, "feature_fraction": self.feature_fraction,
@@ -55,6 +63,10 @@ class TeacherTrainer:
             "scale_pos_weight": spw, "seed": self.seed, "deterministic": True,
             "force_row_wise": True, "num_threads": self.num_threads, "verbosity": -1,
         }
+        if self.monotone_constraints and any(self.monotone_constraints):
+            params["monotone_constraints"] = list(self.monotone_constraints)
+            params["monotone_constraints_method"] = MONOTONE_METHOD
+        return params
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> "TeacherTrainer":
         """Train with early stopping on the validation set."""
@@ -104,6 +116,11 @@ class Teacher:
         return self.booster.predict(X)
 
     @property
+    def monotone(self) -> tuple[str, ...]:
+        """The features the teacher holds to their risk direction."""
+        return tuple(self.manifest.get("monotone", {}))
+
+    @property
     def n_trees(self) -> int:
         """Trees in the model."""
         return self.booster.num_trees()
@@ -119,7 +136,8 @@ def count_leaves(booster: lgb.Booster) -> int:
     return sum(t["num_leaves"] for t in booster.dump_model()["tree_info"])
 
 
-def save_teacher(out_dir: str | os.PathLike, trainer: TeacherTrainer, ds: Dataset) -> dict[str, Any]:
+def save_teacher(out_dir: str | os.PathLike, trainer: TeacherTrainer, ds: Dataset,
+                 monotone: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write the teacher artifact; return its manifest."""
     booster = trainer.booster_
     text = booster.model_to_string(num_iteration=trainer.best_iteration_).encode()
@@ -133,7 +151,8 @@ def save_teacher(out_dir: str | os.PathLike, trainer: TeacherTrainer, ds: Datase
         "model_version": f"teacher-{version_stamp(created)}",
         "created_at": created,
         **ds.manifest_base(),
-        "params": {k: v for k, v in trainer.params_.items() if k != "num_threads"},
+        "params": {k: v for k, v in trainer.params_.items() if k not in ("num_threads", "monotone_constraints")},
+        "monotone": as_manifest(monotone),
         "size": {"trees": best.num_trees(), "leaves": count_leaves(best), "bytes": len(text)},
         "metrics": {"valid_auprc": auprc(y_val, best.predict(X_val))},
     }
@@ -153,10 +172,18 @@ def load_teacher(path: str | os.PathLike, *, feature_schema_hash: str | None = N
     return Teacher(booster, manifest, str(path))
 
 
-def train_teacher(ds: Dataset, out_dir: str | os.PathLike, **params: Any) -> dict[str, Any]:
-    """Fit a teacher on ``ds`` (train split, early-stopped on valid) and save it."""
+def train_teacher(ds: Dataset, out_dir: str | os.PathLike, *, monotone: tuple[str, ...] | None = None,
+                  **params: Any) -> dict[str, Any]:
+    """Fit a teacher on ``ds`` (train split, early-stopped on valid) and save it.
+
+    ``monotone`` names the features held to their risk direction (:mod:`training.monotone`);
+    ``None`` means the default set for event data and none for a table.
+    """
     ds.require_labels()
+    if monotone is None:
+        monotone = DEFAULT_MONOTONE if ds.mode == "events" else ()
     X, y = ds.part(TRAIN)
     X_val, y_val = ds.part(VALID)
-    trainer = TeacherTrainer(**params).fit(X, y, X_val, y_val)
-    return save_teacher(out_dir, trainer, ds)
+    vector = constraint_vector(ds.feature_names, monotone)
+    trainer = TeacherTrainer(monotone_constraints=vector, **params).fit(X, y, X_val, y_val)
+    return save_teacher(out_dir, trainer, ds, tuple(monotone))

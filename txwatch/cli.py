@@ -66,6 +66,12 @@ def _log_data(log: Callable[[str], None], ds) -> None:
     log(f"data: {len(ds.y):,} rows, {len(ds.feature_names)} features, splits {ds.describe()}{drops}")
 
 
+def _monotone(spec: str | None) -> tuple[str, ...] | None:
+    from training.monotone import parse
+
+    return None if spec is None else parse(spec)
+
+
 def cmd_simulate(a: argparse.Namespace) -> int:
     from stream.events.files import write_events
     from training.simulate import deliver, simulate
@@ -89,7 +95,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     _log_data(log, ds)
     params = {"n_estimators": a.trees, "num_leaves": a.leaves, "learning_rate": a.learning_rate,
               "early_stopping_rounds": a.early_stopping, "seed": a.seed, "progress": not a.quiet}
-    manifest = train_teacher(ds, a.out, **params)
+    manifest = train_teacher(ds, a.out, monotone=_monotone(a.monotone), **params)
+    if manifest["monotone"]:
+        log(f"risk directions held: {', '.join(manifest['monotone'])}")
     log(f"teacher: {manifest['size']['trees']} trees, {manifest['size']['leaves']:,} leaves, "
         f"valid AUPRC {manifest['metrics']['valid_auprc']:.4f} -> {a.out}")
     return 0
@@ -115,19 +123,24 @@ def cmd_distill(a: argparse.Namespace) -> int:
     distill(ds, teacher, a.out, family=a.family, temperature=a.temperature,
             augment_factor=a.augment, noise=a.noise, leaf_budget=a.leaf_budget,
             alert_rate=a.alert_rate, precision=a.precision, tree_leaves=a.student_leaves,
-            tree_learning_rate=a.student_learning_rate, seed=a.seed, log=log)
+            tree_learning_rate=a.student_learning_rate, monotone=_monotone(a.monotone), seed=a.seed, log=log)
     log(f"student -> {a.out}")
     return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from training.evaluate import dataset_for, evaluate, load_pair, write
+    from training.evaluate import dataset_for, evaluate, evaluate_stress, load_pair, write
 
     log = _log(a.quiet)
     student, teacher = load_pair(a.model, a.teacher)
     ds = dataset_for(student, a.events, label=a.label, time=a.time, progress=not a.quiet)
     _log_data(log, ds)
     result = evaluate(student, teacher, ds, period=a.period)
+    if a.stress:
+        from training.stress import summary_line
+
+        log("stress variants: injecting attacks outside the training ranges into real accounts")
+        summary = evaluate_stress(student, teacher, result, a.events, seed=a.seed, per_family=a.stress_per_family)
     path = write(result, a.report)
     out = {k: v for k, v in result.items() if k != "_arrays"}
     if a.json:
@@ -138,6 +151,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         log(f"AUPRC student {s['auprc']:.4f} / teacher {t['auprc']:.4f}; "
             f"precision {s['precision']:.3f} recall {s['recall']:.3f} at threshold {out['threshold']:.4f}; "
             f"spearman {out['agreement']['spearman']:.3f}")
+    if a.stress:
+        log(summary_line(summary))
     log(f"report: {path}")
     return 0
 
@@ -321,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--leaves", type=_positive_int, default=63, help="leaves per tree (default 63)")
     t.add_argument("--learning-rate", type=float, default=0.03, help="(default 0.03)")
     t.add_argument("--early-stopping", type=_positive_int, default=200, help="rounds without validation gain (default 200)")
+    t.add_argument("--monotone", help="features held to their risk direction: default, none, all or a comma list "
+                   "(default: 'default' for events, none for a table; docs/models.md)")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("distill", help="distil the teacher into a compact student")
@@ -334,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--leaf-budget", type=_fraction, default=0.01, help="student leaves as a fraction of the teacher's (default 0.01)")
     d.add_argument("--student-leaves", type=_positive_int, help="leaves per student tree (default 7)")
     d.add_argument("--student-learning-rate", type=float, help="student learning rate (default 0.3)")
+    d.add_argument("--monotone", help="features held to their risk direction (default: the teacher's)")
     target = d.add_mutually_exclusive_group()
     target.add_argument("--alert-rate", type=_fraction, default=0.01, help="alert threshold target: fraction of events alerted (default 0.01)")
     target.add_argument("--precision", type=_fraction, help="alert threshold target: validation precision instead")
@@ -348,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--period", default="test", choices=("test", "valid", "train", "all"), help="rows to evaluate (default test)")
     e.add_argument("--report", required=True, help="report directory (report.md, metrics.json, PNG plots)")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    e.add_argument("--stress", action="store_true",
+                   help="also inject attack variants outside the training ranges into real accounts and report recall per family")
+    e.add_argument("--stress-per-family", type=_positive_int, help="variant instances per family (default 60)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the stress variants (default 0)")
     e.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser("worker", help="score Kafka events and write alerts to Redis (settings: TXWATCH_* env)")

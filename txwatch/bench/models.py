@@ -6,6 +6,8 @@ for a lone event: the student through its generated single-row code, the teacher
 The teacher runs with LightGBM's default threads (all cores); the student on one thread.
 The feature-engine figures time the file read (parse and validate), the replay training
 runs (admission and the compiled kernel, in file order) and the pure-Python reference.
+``stress`` is the recall of both models on attack variants outside the training ranges
+(:mod:`training.stress`), as ``txwatch evaluate --stress`` reports it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from stream.features.reference import FeatureEngine
 from training import metrics as M
 from training.dataset import TEST, build_features
 from training.evaluate import dataset_for, load_pair
+from training.stress import stress_recall
 
 BATCH = 1_000
 
@@ -53,7 +56,7 @@ def _throughput(fn: Callable[[np.ndarray], Any], X: np.ndarray, min_seconds: flo
 
 
 def bench_models(events: str, model_dir: str, *, teacher_dir: str | None = None, calls: int = 10_000,
-                 log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+                 stress_seed: int = 0, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Measure both models on the test period of ``events``; return the JSON-ready result."""
     student, teacher = load_pair(model_dir, teacher_dir)
     log("loading data")
@@ -123,4 +126,10 @@ def bench_models(events: str, model_dir: str, *, teacher_dir: str | None = None,
         result["feature_engine"] = {"events": len(evs), "replay_events_per_s": round(len(evs) / replay_s),
                                     "reference_replay_events_per_s": round(len(evs) / reference_s),
                                     "parse_events_per_s": round(len(evs) / parse_s)}
+        log("stress variants")
+        # Attacks outside the training ranges, on real accounts (training.stress), at the
+        # student's stored threshold and the teacher's at the same alert rate.
+        result["stress"] = stress_recall({"student": (student.score, student.threshold),
+                                          "teacher": (teacher.score, t_thr)},
+                                         [e.to_dict() for e in evs], stress_seed)
     return result
