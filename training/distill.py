@@ -41,8 +41,8 @@ from stream.scoring.artifact import sha256_bytes, utc_now, version_stamp, write_
 from stream.scoring.student import STUDENT_FILE, Student, student_payload_bytes
 from training import metrics as M
 from training.dataset import TEST, TRAIN, VALID, Dataset
-from training.monotone import as_manifest, constraint_vector
-from training.teacher import MONOTONE_METHOD, TEACHER_FILE, Teacher
+from training.monotone import as_manifest, constraint_vector, lightgbm_params
+from training.teacher import TEACHER_FILE, Teacher
 
 FAMILIES = ("trees", "linear")
 
@@ -148,10 +148,7 @@ class TreeStudent:
             "lambda_l2": self.lambda_l2, "min_child_samples": self.min_child_samples,
             "feature_fraction": self.feature_fraction, "seed": self.seed, "deterministic": True,
             "force_row_wise": True, "verbosity": -1,
-        }
-        if self.monotone_constraints and any(self.monotone_constraints):
-            params["monotone_constraints"] = list(self.monotone_constraints)
-            params["monotone_constraints_method"] = MONOTONE_METHOD
+        } | lightgbm_params(self.monotone_constraints or ())
         train = lgb.Dataset(X, label=soft_targets(teacher_raw, self.temperature))
         valid = lgb.Dataset(X_val, label=soft_targets(teacher_raw_val, self.temperature), reference=train)
         booster = lgb.train(params, train, num_boost_round=rounds, valid_sets=[valid],

@@ -469,7 +469,7 @@ class _Simulator:
         return np.exp(self.rng.uniform(math.log(lo), math.log(hi), k))
 
     def _loguniform_int(self, lo: int, hi: int) -> int:
-        return int(min(hi, max(lo, math.exp(self.rng.uniform(math.log(lo), math.log(hi + 1))))))
+        return int(min(hi, max(lo, self._loguniform(lo, hi + 1))))
 
     def _make_scenarios(self) -> None:
         builders = (

@@ -34,7 +34,8 @@ from stream.features.layout import REPORTING_THRESHOLD_USD
 from training import simulate as S
 from training.dataset import build_features
 
-SECOND_MS, MINUTE_MS, HOUR_MS, DAY_MS = 1_000, 60_000, 3_600_000, 86_400_000
+SECOND_MS = 1_000
+MINUTE_MS, HOUR_MS, DAY_MS = S.MINUTE_MS, S.HOUR_MS, S.DAY_MS
 PREFIX = "stress_"
 DEFAULT_PER_FAMILY = 60
 MIN_HISTORY = 8           # events an account needs before the variant
@@ -58,10 +59,10 @@ class Family:
 class _Ctx:
     """What a builder may use: the account, its balance and habits, fresh ids, a clock."""
 
-    def __init__(self, sim: "_Injector", acct: str, t: int, balance: float, usual: tuple, asset: str,
-                 rng: np.random.Generator) -> None:
-        self.sim, self.acct, self.t, self.balance, self.usual = sim, acct, t, balance, usual
-        self.asset, self.rng, self.family = asset, rng, ""
+    def __init__(self, sim: "_Injector", family: str, acct: str, t: int, balance: float, usual: tuple,
+                 asset: str, rng: np.random.Generator) -> None:
+        self.sim, self.family, self.acct, self.t, self.balance = sim, family, acct, t, balance
+        self.usual, self.asset, self.rng = usual, asset, rng
 
     def fresh(self, prefix: str) -> str:
         return f"{prefix}{self.rng.integers(0, 2**63):016x}"
@@ -300,6 +301,15 @@ class _Injector:
         return t, balance, usual, max(assets, key=assets.get)
 
 
+def _resolve(families: Sequence[str | Family] | None) -> list[Family]:
+    """Family objects for names of :data:`FAMILIES` or families given as objects (default: all)."""
+    chosen = [FAMILIES.get(f, f) if isinstance(f, str) else f for f in (families or FAMILIES)]
+    unknown = [f for f in chosen if isinstance(f, str)]
+    if unknown:
+        raise DataError(f"unknown stress families: {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    return chosen
+
+
 def make_variants(events: Sequence[dict], seed: int = 0, *, per_family: int = DEFAULT_PER_FAMILY,
                   families: Sequence[str | Family] | None = None) -> tuple[list[dict], dict[str, int]]:
     """The deliveries of the accounts chosen for variants, with the variants merged in.
@@ -314,10 +324,7 @@ def make_variants(events: Sequence[dict], seed: int = 0, *, per_family: int = DE
     Raises:
         DataError: an unknown family, or no family found a single qualifying account.
     """
-    chosen = [FAMILIES.get(f, f) if isinstance(f, str) else f for f in (families or FAMILIES)]
-    unknown = [f for f in chosen if isinstance(f, str)]
-    if unknown:
-        raise DataError(f"unknown stress families: {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    chosen = _resolve(families)
     if not events:
         raise DataError("stress variants need a history to inject into")
     rng = np.random.default_rng([int(seed), 0x57E55])
@@ -337,9 +344,7 @@ def make_variants(events: Sequence[dict], seed: int = 0, *, per_family: int = DE
             slot = inj.slot(acct, fam, rng)
             if slot is None:
                 continue
-            c = _Ctx(inj, acct, *slot, rng=rng)
-            c.family = name
-            injected[acct] = fam.build(c)
+            injected[acct] = fam.build(_Ctx(inj, name, acct, *slot, rng=rng))
             used.add(acct)
             n += 1
         counts[name] = n
@@ -373,8 +378,7 @@ def stress_recall(models: dict[str, Any], events: Sequence[dict], seed: int = 0,
     ``accounts_alerted`` the share of its instances with at least one alert.
     """
     merged, counts = make_variants(events, seed, per_family=per_family, families=families)
-    by_name = {f.name: f for f in (FAMILIES.get(x, x) if isinstance(x, str) else x
-                                   for x in (families or FAMILIES))}
+    by_name = {f.name: f for f in _resolve(families)}
     evs: list[Event] = [event_from_dict(e) for e in merged]
     feats = build_features(evs)
     applied = feats.applied

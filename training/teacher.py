@@ -21,11 +21,9 @@ from stream.errors import ArtifactError
 from stream.scoring.artifact import read_artifact, utc_now, version_stamp, write_artifact
 from training.dataset import TRAIN, VALID, Dataset
 from training.monotone import DEFAULT as DEFAULT_MONOTONE
-from training.monotone import as_manifest, constraint_vector
+from training.monotone import as_manifest, constraint_vector, lightgbm_params
 
 TEACHER_FILE = "teacher.txt"
-# LightGBM's "intermediate" method constrains less than "basic" (better fit, same guarantee).
-MONOTONE_METHOD = "intermediate"
 
 
 class TeacherTrainer:
@@ -63,10 +61,7 @@ class TeacherTrainer:
             "scale_pos_weight": spw, "seed": self.seed, "deterministic": True,
             "force_row_wise": True, "num_threads": self.num_threads, "verbosity": -1,
         }
-        if self.monotone_constraints and any(self.monotone_constraints):
-            params["monotone_constraints"] = list(self.monotone_constraints)
-            params["monotone_constraints_method"] = MONOTONE_METHOD
-        return params
+        return params | lightgbm_params(self.monotone_constraints or ())
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> "TeacherTrainer":
         """Train with early stopping on the validation set."""
