@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/txwatch demo
 
-test: $(STAMP)
+# System packages the tests need (chromium, PostgreSQL's server, fonts): installed with apt-get
+# when root and something is missing, a no-op otherwise (.ci/system-deps says more).
+system-deps:
+	bash .ci/system-deps
+
+test: system-deps $(STAMP)
 	$(BIN)/python -m pytest
 
 clean:

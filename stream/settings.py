@@ -75,6 +75,22 @@ class Settings(BaseSettings):
                                       "SIGINT, whether or not the broker and Redis answer; then it exits with "
                                       "status 75 (an unfinished batch is replayed, never lost)")
 
+    # -- Reviewers' workbench (txwatch ui) ------------------------------------------------
+    database_url: str = Field("sqlite:///runs/workbench.db", description="workbench records (cases, dispositions, "
+                              "users, audit trail): a SQLAlchemy URL, sqlite:///FILE or "
+                              "postgresql+psycopg://USER@HOST/DB")
+    database_password: SecretStr | None = Field(None, description="database password (secret); overrides one in the URL")
+    ui_host: str = Field("127.0.0.1", description="address txwatch ui listens on")
+    ui_port: int = Field(8080, ge=0, le=65535, description="port txwatch ui listens on (0: a free one)")
+    ui_session_ttl_s: float = Field(8 * 3600.0, gt=0, description="a reviewer's session ends after this long without a request")
+    case_lock_ttl_s: float = Field(1800.0, gt=0, description="a claimed case's lock expires after this long without work on it")
+    four_eyes: bool = Field(True, description="closing a case as confirmed needs an approver other than its reviewer")
+    login_attempts: int = Field(5, ge=1, description="failed logins per user name and address within 5 minutes "
+                                "before further attempts are refused until the window passes")
+    reviews_topic: str = Field("exchange.reviews", description="Kafka topic of reviewers' labels (one record per "
+                               "disposition, key: event_id)")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="how long a webhook delivery may take before it is retried")
+
     @property
     def producer_max_request_bytes(self) -> int:
         """Producer request cap: the largest dead letter plus room for headers and batching."""
@@ -144,6 +160,13 @@ class Settings(BaseSettings):
                 secret = value.get_secret_value() if isinstance(value, SecretStr) else value
                 env[f"TXWATCH_{name.upper()}"] = str(secret)
         return env
+
+    def redacted_database_url(self) -> str:
+        """The database URL with any password in it masked (for logs and errors)."""
+        parts = urlsplit(self.database_url)
+        if parts.password:
+            return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+        return self.database_url
 
     def redacted_redis_url(self) -> str:
         """The Redis URL with any password in it masked (for logs and errors)."""

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import orjson
 
 from stream.errors import DataError
 from stream.events.files import check_file, read_events
+from stream.events.labels import read_labels
 from stream.events.schema import Event
 from stream.features.admission import StreamFeatures, replay_stream
 from stream.features.layout import FEATURE_NAMES, FEATURE_SCHEMA_HASH
@@ -35,6 +36,8 @@ TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 DAY_MS = 86_400_000
+# Reviewer labels: a labels file (stream.events.labels) or its {event_id: 0|1}.
+Labels = Union[str, os.PathLike, Mapping[str, int], None]
 
 
 @dataclass
@@ -82,6 +85,8 @@ class Dataset:
             training["table"] = self.meta
         else:
             training["dropped"] = self.meta["dropped"]  # what the stream would not apply, counted
+            if "reviewer_labels" in self.meta:  # reviewers' decisions that replaced the events' labels
+                training["reviewer_labels"] = self.meta["reviewer_labels"]
         return {"feature_mode": self.mode, "feature_names": list(self.feature_names),
                 "feature_schema_hash": self.feature_schema_hash, "schema_version": 1,
                 "training_data": training}
@@ -145,23 +150,63 @@ def stratified_split(y: np.ndarray, seed: int = 0,
     return split
 
 
-def event_dataset(path: str | os.PathLike, *, progress: bool = False) -> Dataset:
+def event_dataset(path: str | os.PathLike, *, labels: Labels = None, progress: bool = False) -> Dataset:
     """Events file -> features (the stream's admission and kernel, in file order), labels,
     scenarios, time split. Events the stream would not apply are dropped and counted in
-    ``meta["dropped"]``: duplicates (skipped) and events too late to apply (dead-lettered)."""
+    ``meta["dropped"]``: duplicates (skipped) and events too late to apply (dead-lettered).
+
+    ``labels``: reviewers' decisions, a labels file (:mod:`stream.events.labels`) or its
+    ``{event_id: 0|1}``; they override the events' own labels (:func:`apply_reviewer_labels`)
+    and their counts go to ``meta["reviewer_labels"]``.
+    """
+    source = None
+    if labels is not None and not isinstance(labels, Mapping):
+        source = os.path.abspath(labels)
+        labels = read_labels(labels)  # before the replay: a bad labels file fails fast
     events = read_events(path, progress=progress)
     features = build_features(events, progress=progress)
     kept = [events[i] for i in features.applied.tolist()]
     y = np.fromiter((-1 if e.label is None else e.label for e in kept), dtype=np.int8, count=len(kept))
+    meta = {"accounts": len({e.account_id for e in kept}), "events": len(events),
+            "dropped": {"duplicates": len(features.duplicates), "late": len(features.late)}}
+    if labels is not None:
+        meta["reviewer_labels"] = {"file": source, **apply_reviewer_labels(kept, y, labels)}
     ts = np.fromiter((e.ts for e in kept), dtype=np.int64, count=len(kept))
-    scenario = np.array([e.scenario or ("normal" if e.label == 0 else "") for e in kept], dtype=object)
+    scenario = np.array([e.scenario or ("normal" if label == 0 else "") for e, label in zip(kept, y.tolist())],
+                        dtype=object)
     return Dataset(
         X=features.X, y=y, split=time_split(ts), feature_names=FEATURE_NAMES,
         feature_schema_hash=FEATURE_SCHEMA_HASH, mode="events", source=str(path),
-        fingerprint=sha256_file(path), ts=ts, scenario=scenario,
-        meta={"accounts": len({e.account_id for e in kept}), "events": len(events),
-              "dropped": {"duplicates": len(features.duplicates), "late": len(features.late)}},
+        fingerprint=sha256_file(path), ts=ts, scenario=scenario, meta=meta,
     )
+
+
+def apply_reviewer_labels(events: Sequence[Event], y: np.ndarray, labels: Mapping[str, int]) -> dict[str, int]:
+    """Give every event a reviewer decided the reviewer's label, in place in ``y`` (the
+    events' own labels, -1 for none, row for row with ``events``); the one place reviewer
+    labels enter training. Returns the counts: ``records`` (events the labels decide),
+    ``matched`` (of those, events in the data) and ``changed`` (of those, events whose
+    label was different or missing).
+
+    >>> from stream.events.schema import parse_event
+    >>> evs = [parse_event(b'{"event_id":"e%d","ts":1767571200000,"account_id":"a","type":"deposit",'
+    ...                    b'"asset":"BTC","amount":1,"usd_value":5,"label":0}' % i) for i in range(3)]
+    >>> y = np.zeros(3, dtype=np.int8)
+    >>> apply_reviewer_labels(evs, y, {"e1": 1, "e2": 0, "gone": 1}), y.tolist()
+    ({'records': 3, 'matched': 2, 'changed': 1}, [0, 1, 0])
+    """
+    matched = changed = 0
+    for i, e in enumerate(events):
+        label = labels.get(e.event_id)
+        if label is None:
+            continue
+        if label not in (0, 1):
+            raise DataError(f"reviewer label of {e.event_id!r} must be 0 or 1, got {label!r}")
+        matched += 1
+        if y[i] != label:
+            changed += 1
+            y[i] = label
+    return {"records": len(labels), "matched": matched, "changed": changed}
 
 
 def table_schema_hash(names: tuple[str, ...]) -> str:
@@ -233,14 +278,17 @@ def table_dataset(path: str | os.PathLike, label: str, *, time: str | None = Non
 
 
 def load_dataset(path: str | os.PathLike, *, label: str | None = None, time: str | None = None,
-                 seed: int = 0, feature_names: tuple[str, ...] | None = None,
+                 seed: int = 0, feature_names: tuple[str, ...] | None = None, labels: Labels = None,
                  progress: bool = False) -> Dataset:
-    """Events (no ``label``) or a table (``label`` given)."""
+    """Events (no ``label``) or a table (``label`` given); ``labels`` (reviewers' decisions,
+    events only): see :func:`event_dataset`."""
     if label is not None:
+        if labels is not None:
+            raise DataError("--labels needs an events file (reviewer labels name events; a table has none)")
         return table_dataset(path, label, time=time, seed=seed, feature_names=feature_names)
     if time is not None:
         raise DataError("--time applies to tables only (use it with --label)")
-    return event_dataset(path, progress=progress)
+    return event_dataset(path, labels=labels, progress=progress)
 
 
 def dumps_json(obj) -> bytes:

@@ -64,6 +64,10 @@ def _log_data(log: Callable[[str], None], ds) -> None:
     drops = (f"; dropped as the stream would: {dropped['duplicates']:,} duplicate deliveries, "
              f"{dropped['late']:,} beyond the lateness tolerance") if dropped else ""
     log(f"data: {len(ds.y):,} rows, {len(ds.feature_names)} features, splits {ds.describe()}{drops}")
+    reviewed = ds.meta.get("reviewer_labels")
+    if reviewed:
+        log(f"reviewer labels: {reviewed['records']:,} records, {reviewed['matched']:,} matched, "
+            f"{reviewed['changed']:,} changed")
 
 
 def _monotone(spec: str | None) -> tuple[str, ...] | None:
@@ -91,7 +95,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from training.teacher import train_teacher
 
     log = _log(a.quiet)
-    ds = load_dataset(a.events, label=a.label, time=a.time, seed=a.seed, progress=not a.quiet)
+    ds = load_dataset(a.events, label=a.label, time=a.time, seed=a.seed, labels=a.labels, progress=not a.quiet)
     _log_data(log, ds)
     params = {"n_estimators": a.trees, "num_leaves": a.leaves, "learning_rate": a.learning_rate,
               "early_stopping_rounds": a.early_stopping, "seed": a.seed, "progress": not a.quiet}
@@ -116,7 +120,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     ds = load_dataset(a.events, label=label if tm["feature_mode"] == "table" else a.label,
                       time=time_col if tm["feature_mode"] == "table" else a.time, seed=a.seed,
                       feature_names=tuple(tm["feature_names"]) if tm["feature_mode"] == "table" else None,
-                      progress=not a.quiet)
+                      labels=a.labels, progress=not a.quiet)
     if ds.feature_schema_hash != tm["feature_schema_hash"]:
         raise TxwatchError(f"{a.teacher} was trained for another feature schema than {a.events} provides")
     _log_data(log, ds)
@@ -328,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--label", help="tabular mode: name of the 0/1 label column")
         sp.add_argument("--time", help="tabular mode: time column for a time-based split (else stratified random)")
         sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        sp.add_argument("--labels", metavar="FILE", help="events mode: reviewers' labels (JSON Lines of label records) "
+                        "that override the events' own labels by event_id (docs/models.md)")
 
     t = sub.add_parser("train", help="train the LightGBM teacher")
     data_args(t)
@@ -416,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--time", help="tabular model: the time column of --events")
     ex.add_argument("--json", action="store_true", help="print the verification report as JSON")
     ex.set_defaults(func=cmd_export)
+
+    from workbench.commands import add_parsers as workbench_parsers
+
+    workbench_parsers(sub)
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     bsub = b.add_subparsers(dest="target", required=True, metavar="TARGET")

@@ -180,11 +180,12 @@ class Pipeline:
         hits = np.flatnonzero(scores >= student.threshold)
         if len(hits):
             reasons = student.reasons(X[hits], self.reasons_k)
+            names = student.feature_names
             for j, i in enumerate(hits):
                 ev = events[i]
                 result.alerts.append(Alert(ev.event_id, ev.account_id, ev.ts, float(scores[i]),
                                            student.threshold, student.version, reasons[j],
-                                           ev.to_dict(), pkey))
+                                           ev.to_dict(), pkey, dict(zip(names, X[i].tolist()))))
         result.score_seconds = time.perf_counter() - t0
         result.scored = len(events)
         result.event_ids = [ev.event_id for ev in events]

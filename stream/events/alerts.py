@@ -22,14 +22,14 @@ An alert is written in two shapes, both defined here and nowhere else:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import orjson
 
 HASH_FIELDS = ("event_id", "account_id", "ts", "score", "threshold", "model_version", "reasons", "event",
-               "status", "created_ms")
-_JSON_FIELDS = ("reasons", "event")
+               "status", "created_ms", "features")
+_JSON_FIELDS = ("reasons", "event", "features")
 
 
 @dataclass(slots=True)
@@ -45,6 +45,9 @@ class Alert:
     reasons: list[tuple[str, float]]   # (feature, contribution), largest first
     event: dict[str, Any]
     partition_key: str
+    # The event's feature row as scored (name -> value): what the reasons are read against,
+    # for reviewers' explanations in words and case exports.
+    features: dict[str, float] = field(default_factory=dict)
 
 
 def _reasons(a: Alert) -> list[dict[str, Any]]:
@@ -54,7 +57,8 @@ def _reasons(a: Alert) -> list[dict[str, Any]]:
 def alert_message(a: Alert) -> dict[str, Any]:
     """The alert as the JSON object of the Kafka alerts topic."""
     return {"event_id": a.event_id, "account_id": a.account_id, "ts": a.ts, "score": a.score,
-            "threshold": a.threshold, "model_version": a.model_version, "reasons": _reasons(a), "event": a.event}
+            "threshold": a.threshold, "model_version": a.model_version, "reasons": _reasons(a), "event": a.event,
+            "features": a.features}
 
 
 def alert_hash(a: Alert, now_ms: int) -> dict[str, str]:
@@ -62,7 +66,7 @@ def alert_hash(a: Alert, now_ms: int) -> dict[str, str]:
     return {"event_id": a.event_id, "account_id": a.account_id, "ts": str(a.ts), "score": repr(a.score),
             "threshold": repr(a.threshold), "model_version": a.model_version,
             "reasons": orjson.dumps(_reasons(a)).decode(), "event": orjson.dumps(a.event).decode(),
-            "status": "open", "created_ms": str(now_ms)}
+            "status": "open", "created_ms": str(now_ms), "features": orjson.dumps(a.features).decode()}
 
 
 def decode_alert_hash(raw: Mapping[Any, Any]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The workbench's web app (``txwatch ui``): server-rendered pages, a JSON API, live alerts."""
