@@ -6,6 +6,7 @@ COPY stream ./stream
 COPY training ./training
 COPY txwatch ./txwatch
 COPY export ./export
+COPY workbench ./workbench
 RUN pip install --no-cache-dir . && useradd --create-home txwatch
 USER txwatch
 ENTRYPOINT ["txwatch"]

@@ -46,6 +46,18 @@ def test_every_txwatch_variable_is_a_real_setting():
 
 def test_dockerfile_installs_the_packages_it_copies():
     text = (ROOT / "Dockerfile").read_text()
-    for pkg in ("stream", "training", "txwatch", "export"):
+    for pkg in ("stream", "training", "txwatch", "export", "workbench"):
         assert f"COPY {pkg} ./{pkg}" in text
     assert 'ENTRYPOINT ["txwatch"]' in text
+
+
+def test_the_workbench_runs_on_postgresql_with_a_first_admin():
+    services = compose()["services"]
+    pg = services["postgres"]
+    assert pg["image"].startswith("postgres:") and pg.get("healthcheck")
+    ui = services["workbench"]
+    env = ui["environment"]
+    assert env["TXWATCH_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert ui["command"][0] == "ui" and env["TXWATCH_UI_HOST"] == "0.0.0.0"
+    assert "postgres" in ui["depends_on"] and "redis" in ui["depends_on"]
+    assert services["admin"]["command"][:3] == ["users", "add", "admin"]

@@ -197,6 +197,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         _print_json(bench_export(a.model, events=a.events, calls=a.calls, log=_log(a.quiet)))
         return 0
+    if a.target == "ui":
+        from txwatch.bench.ui import bench_ui
+
+        _setup_logging(True)
+        _print_json(bench_ui(cases=a.cases, alerts=a.alerts, database_url=a.database_url, dashboards=a.dashboards,
+                             live_rate=a.live_rate, live_seconds=a.live_seconds, requests=a.requests,
+                             log=_log(a.quiet)))
+        return 0
     if a.target == "soak":
         from txwatch.bench.soak import soak
 
@@ -453,6 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--peak-events", type=_positive_int, default=60_000, help="events in the peak phase (default 60000)")
     bk.add_argument("--warmup", type=_positive_float, default=60.0, help="seconds before RSS growth is measured (default 60)")
     bk.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the soak topic (default 4)")
+    bu = bsub.add_parser("ui", help="the workbench: queue and API latency on a filled database, live-alert delay")
+    bu.add_argument("--cases", type=_positive_int, default=100_000, help="cases (default 100000)")
+    bu.add_argument("--alerts", type=_positive_int, default=1_000_000, help="alerts over all cases (default 1000000)")
+    bu.add_argument("--database-url", help="database to fill (default: a fresh SQLite file); must be empty")
+    bu.add_argument("--dashboards", type=_positive_int, default=50, help="live dashboards connected (default 50)")
+    bu.add_argument("--live-rate", type=_positive_float, default=20.0, help="alerts/s committed in the live phase (default 20)")
+    bu.add_argument("--live-seconds", type=_positive_float, default=15.0, help="length of the live phase (default 15)")
+    bu.add_argument("--requests", type=_positive_int, default=200, help="requests per timed endpoint (default 200)")
     b.set_defaults(func=cmd_bench)
     return p
 

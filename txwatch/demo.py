@@ -206,6 +206,8 @@ def _run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str,
         if not keep and not base.redis_url:
             log("the embedded servers stop when the demo ends: run `txwatch demo --keep` to try these")
         if keep:
+            ui = _start_workbench(stack, settings, work, log)
+            summary["workbench_url"] = ui
             log("servers keep running; press Ctrl-C to stop them")
             try:
                 while worker.poll() is None:
@@ -213,3 +215,63 @@ def _run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str,
             except KeyboardInterrupt:
                 pass
         return summary
+
+
+DEMO_USERS = (("admin", "admin"), ("analyst", "reviewer"), ("lead", "approver"))
+
+
+def _start_workbench(stack: ExitStack, settings: Settings, work: Path, log: Callable[[str], None]) -> str:
+    """Start ``txwatch ui`` on the demo's Redis and a SQLite file in the work directory, with
+    three users (fresh random passwords each run); return its URL."""
+    import secrets
+    import urllib.request
+
+    from txwatch.local.embedded import die_with_parent, free_port
+    from workbench import audit, auth
+    from workbench.db import Database
+
+    db_url = f"sqlite:///{(work / 'workbench.db').resolve()}"
+    db = Database.from_settings(settings.model_copy(update={"database_url": db_url}))
+    logins = []
+    with db.transaction() as session:
+        for name, role in DEMO_USERS:
+            password = secrets.token_urlsafe(12)
+            user = auth.find_user(session, name)
+            if user is None:
+                user = auth.create_user(session, name, password, role)
+            else:
+                user.password_hash, user.role, user.active = auth.hash_password(password), role, True
+            audit.record(session, "cli:demo", "user_add", "user", name, after={"role": role})
+            logins.append((name, role, password))
+    db.dispose()
+    port = free_port()
+    env = {**os.environ, **settings.to_env(), "TXWATCH_DATABASE_URL": db_url, "TXWATCH_UI_PORT": str(port),
+           "TXWATCH_UI_HOST": "127.0.0.1"}
+    ui_log = open(work / "workbench.log", "wb")
+    stack.callback(ui_log.close)
+    ui = subprocess.Popen([sys.executable, "-m", "txwatch", "ui"], env=env, stdout=ui_log, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def stop_ui() -> None:
+        if ui.poll() is None:
+            ui.send_signal(signal.SIGTERM)
+            try:
+                ui.wait(10)
+            except subprocess.TimeoutExpired:
+                ui.kill()
+    stack.callback(stop_ui)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "login", timeout=2).close()
+            break
+        except OSError:
+            if ui.poll() is not None or time.monotonic() > deadline:
+                raise TxwatchError(f"the workbench did not start; see {work / 'workbench.log'}") from None
+            time.sleep(0.3)
+    log("")
+    log(f"reviewers' workbench: {url}  (pid {ui.pid}, log {work / 'workbench.log'})")
+    for name, role, password in logins:
+        log(f"  sign in as {name} ({role}): password {password}")
+    return url

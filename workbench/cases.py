@@ -198,12 +198,15 @@ def _rate(session: Session, account_id: str, decision: str) -> None:
 
 
 def _decide_alert(session: Session, case: Case, alert: AlertRecord, decision: str, note: str, actor: Actor,
-                  policy: Policy, now: datetime) -> None:
+                  policy: Policy, now: datetime, *, record: bool = True) -> None:
+    """An alert's disposition, its label and its rating signal; ``record=False`` when it is
+    part of a case disposition (recorded once, for the case)."""
     if alert.decision is None:
         case.open_alerts = max(0, case.open_alerts - 1)
     alert.decision, alert.decided_by, alert.decided_at = decision, actor.user.id, now
-    session.add(Decision(case_id=case.id, event_id=alert.event_id, kind="disposition", decision=decision,
-                         note=note, user_id=actor.user.id, at=now))
+    if record:
+        session.add(Decision(case_id=case.id, event_id=alert.event_id, kind="disposition", decision=decision,
+                             note=note, user_id=actor.user.id, at=now))
     _label(session, case, alert, decision, actor, note, policy, now)
     _rate(session, alert.account_id, decision)
 
@@ -244,7 +247,7 @@ def dispose_case(session: Session, case_id: int, decision: str, note: str | None
     undecided = session.execute(select(AlertRecord).where(AlertRecord.case_id == case.id,
                                                           AlertRecord.decision.is_(None))).scalars().all()
     for alert in undecided:
-        _decide_alert(session, case, alert, decision, text, actor, policy, now)
+        _decide_alert(session, case, alert, decision, text, actor, policy, now, record=False)
     session.add(Decision(case_id=case.id, event_id=None, kind="disposition", decision=decision, note=text,
                          user_id=actor.user.id, at=now))
     case.decision, case.decided_by = decision, actor.user.id

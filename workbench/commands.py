@@ -42,8 +42,6 @@ def _kafka_sender(settings) -> tuple[Callable[[str, bytes, bytes], None] | None,
 # -- txwatch ui -------------------------------------------------------------------------
 
 def cmd_ui(a: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
     from stream.adapters.kafka import ensure_topics
@@ -52,7 +50,9 @@ def cmd_ui(a: argparse.Namespace) -> int:
     settings = _settings()
     if a.port is not None:
         settings = settings.model_copy(update={"ui_port": a.port})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from txwatch.cli import _setup_logging
+
+    _setup_logging(False)
     db = _db(settings)
     send, close = _kafka_sender(settings)
     if settings.kafka_url:

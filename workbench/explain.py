@@ -152,7 +152,8 @@ def _gap(feature: str, v: float, f: dict, ev: dict) -> tuple[str, float | None, 
     noun = _etype(f, ev) or "event"
     since, never = {"log_gap_prev": ("the account's previous event", "any event"),
                     "log_gap_same_type": (f"the previous {noun}", f"a {noun}"),
-                    "log_gap_deposit": ("the last deposit", "a deposit"), "log_gap_login": ("the last login", "a login"),
+                    "log_gap_deposit": ("the last deposit", "a deposit"),
+                    "log_gap_login": ("the last login", "a login"),
                     "log_gap_novelty": ("the last event from a new device, IP or country",
                                         "a new device, IP or country")}[feature]
     if v >= GAP_NONE - 1e-9:
@@ -175,8 +176,9 @@ def _counted(feature: str, v: float, f: dict, ev: dict) -> tuple[str, float | No
     usual = None
     n, age = _n_events(f), _age_s(f)
     if n and age:
-        usual = (f"the account averages {_rate(n / age * span)} events{' of any type' if kind != 'cnt' else ''}"
-                 f" {per}" if age >= span else f"the account is only {_duration(age)} old, with {_plural(n, 'event', 'events')}")
+        any_type = " of any type" if kind != "cnt" else ""
+        usual = (f"the account averages {_rate(n / age * span)} events{any_type} {per}" if age >= span
+                 else f"the account is only {_duration(age)} old, with {_plural(n, 'event', 'events')}")
     return (f"{text}; {usual}" if usual else text), round(v, 1), usual
 
 
@@ -198,7 +200,8 @@ def _amount(feature: str, v: float, f: dict, ev: dict) -> tuple[str, float | Non
     typical = _typical(f, ev)
     usual = f"about {_usd(typical)}" if typical is not None else None
     if feature == "usd_z" and v != 0:
-        head += f", {abs(v):.1f} standard deviations {'above' if v > 0 else 'below'} the account's typical amount (log scale)"
+        head += (f", {abs(v):.1f} standard deviations {'above' if v > 0 else 'below'}"
+                 " the account's typical amount (log scale)")
         vs = _num(f.get("log_usd_vs_typical"))
         if typical is not None and vs:
             sd, mu = vs / v, math.log1p(typical)
@@ -240,7 +243,8 @@ def _flow(feature: str, v: float, f: dict, ev: dict) -> tuple[str, float | None,
     usd = _usd_of(f, ev)
     out = not _not(etype, _OUT if feature == "out_balance_ratio" else ("withdrawal",))
     if not out:
-        return f"not {'an outflow' if feature == 'out_balance_ratio' else 'a withdrawal'}, so no share to compute", 0.0, None
+        what = "an outflow" if feature == "out_balance_ratio" else "a withdrawal"
+        return f"not {what}, so no share to compute", 0.0, None
     if v == 0:
         return "nothing moved out", 0.0, None
     of = "the estimated balance" if feature == "out_balance_ratio" else "the last deposit"
@@ -265,7 +269,8 @@ def _threshold(feature: str, v: float, f: dict, ev: dict) -> tuple[str, float | 
     amount = f" of {_usd(usd)}" if usd is not None else ""
     if v == 1:
         return f"withdrawal{amount} just under the {_usd(limit)} reporting threshold ({band})", usd, None
-    return f"{_etype(f, ev) or 'event'}{amount} not just under the {_usd(limit)} reporting threshold ({band})", usd, None
+    noun = _etype(f, ev) or "event"
+    return f"{noun}{amount} not just under the {_usd(limit)} reporting threshold ({band})", usd, None
 
 
 def _counterparty(feature: str, v: float, f: dict, ev: dict) -> tuple[str, float | None, str | None]:
@@ -275,7 +280,8 @@ def _counterparty(feature: str, v: float, f: dict, ev: dict) -> tuple[str, float
     if feature == "cp_top_share":
         if v == 0:
             return "no counterparty on this event", 0.0, None
-        return f"the account's top counterparty has {_pct(v)} of its recent trade and transfer activity", round(v * 100, 2), None
+        text = f"the account's top counterparty has {_pct(v)} of its recent trade and transfer activity"
+        return text, round(v * 100, 2), None
     name = f"counterparty {cp}" if cp else "the counterparty"
     return f"{name} {'is' if v == 1 else 'is not'} the account's most frequent recent counterparty", v, None
 
@@ -291,7 +297,8 @@ def _trade(feature: str, v: float, f: dict, ev: dict) -> tuple[str, float | None
         side = ""
         if price and amount and usd:
             side = " above" if price * amount > usd else " below"
-        return f"executed {'at least ' if v >= 5 else ''}{off:,.{0 if off >= 10 else 1}f} %{side or ' away from'} the mark price", round(off, 2), None
+        text = f"executed {'at least ' if v >= 5 else ''}{off:,.{0 if off >= 10 else 1}f} %"
+        return f"{text}{side or ' away from'} the mark price", round(off, 2), None
     what = " ".join(filter(None, (_text(ev.get("side")), _text(ev.get("asset")))))
     if v == 1:
         return (f"{what or 'trade'} reverses the previous trade of the same asset (same amount within "

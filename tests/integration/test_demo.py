@@ -39,9 +39,19 @@ def test_demo_runs_end_to_end_on_embedded_servers_and_cleans_up(capsys, monkeypa
     assert not any(_listening(p) for p in ports)
 
 
+def _signs_in(port: int, name: str, password: str) -> bool:
+    """Sign in to the workbench through its login form; True if it leads to the dashboard."""
+    import httpx
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=True) as c:
+        token = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+        r = c.post("/login", data={"username": name, "password": password, "csrf": token, "next": "/"})
+        return r.status_code == 200 and "Live alerts" in r.text
+
+
 def test_sigterm_to_demo_keep_stops_everything_it_started(tmp_path):
     """``txwatch demo --keep`` waits for Ctrl-C; SIGTERM (what a process manager sends) must
-    stop it the same way: worker, broker and Redis gone within seconds."""
+    stop it the same way: worker, workbench, broker and Redis gone within seconds."""
     import os
     import signal
     import subprocess
@@ -63,6 +73,11 @@ def test_sigterm_to_demo_keep_stops_everything_it_started(tmp_path):
         ports = [int(p) for p in re.findall(r"embedded (?:Kafka-protocol broker \(Tansu\) on 127\.0\.0\.1|Redis on "
                                             r"redis://127\.0\.0\.1):(\d+)", err)]
         assert len(ports) == 2 and all(_listening(p) for p in ports)
+        # The workbench is up, with a first login that works.
+        ui_port = int(re.search(r"reviewers' workbench: http://127\.0\.0\.1:(\d+)/", err).group(1))
+        name, password = re.search(r"sign in as (\w+) \(admin\): password (\S+)", err).groups()
+        assert _listening(ui_port) and _signs_in(ui_port, name, password)
+        ports.append(ui_port)
         t0 = time.monotonic()
         demo.send_signal(signal.SIGTERM)
         demo.wait(30)

@@ -25,7 +25,7 @@ function startLive() {
     cell(tr, isFinite(Number(a.score)) ? Number(a.score).toFixed(3) : "").className = "num";
     cell(tr, a.top_reason);
     body.insertBefore(tr, body.firstChild);
-    while (body.children.length > 50) body.removeChild(body.lastChild);
+    while (body.children.length > 20) body.removeChild(body.lastChild);
     const total = document.getElementById("fig-total");
     if (total) total.textContent = String((Number(total.textContent) || 0) + 1);
   });
