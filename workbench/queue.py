@@ -1,7 +1,9 @@
 """The review queue: cases filtered, sorted and paginated from indexes.
 
 Pagination is by keyset (the last row's sort value and id), so page 500 costs what page 1
-costs: no OFFSET scan, no scan of the table per request.
+costs: no OFFSET scan, no scan of the table per request. The default view (every case not
+closed) walks an ``(active, sort key, id)`` index in order and stops after one page; rows are
+ordered by the sort key and then by id in the same direction, so the index serves both.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, select, tuple_
 from sqlalchemy.orm import Session
 
 from workbench.models import CASE_STATUSES, LEVELS, Case, Suppression, User, utcnow
@@ -23,7 +25,6 @@ SORTS = {
     "age": (Case.opened_at, False, "oldest first"),
     "recent": (Case.last_alert_ms, True, "newest alert"),
 }
-OPEN = ("open", "in_review", "pending_approval")
 
 
 @dataclass
@@ -77,7 +78,7 @@ def page(session: Session, f: QueueFilter) -> tuple[list[Case], str | None]:
     col, desc, _ = SORTS[f.sort]
     q = select(Case)
     if f.status == "active":
-        q = q.where(Case.status.in_(OPEN))
+        q = q.where(Case.active == 1)
     elif f.status != "all":
         q = q.where(Case.status == f.status)
     if f.reason:
@@ -104,9 +105,9 @@ def page(session: Session, f: QueueFilter) -> tuple[list[Case], str | None]:
                 from datetime import datetime
 
                 value = datetime.fromisoformat(value)
-            q = q.where(or_(col < value, and_(col == value, Case.id > last_id)) if desc
-                        else or_(col > value, and_(col == value, Case.id > last_id)))
-    q = q.order_by(col.desc() if desc else col.asc(), Case.id.asc()).limit(f.limit + 1)
+            key = tuple_(col, Case.id)
+            q = q.where(key < tuple_(value, last_id) if desc else key > tuple_(value, last_id))
+    q = q.order_by(*((col.desc(), Case.id.desc()) if desc else (col.asc(), Case.id.asc()))).limit(f.limit + 1)
     rows = list(session.execute(q).unique().scalars())
     nxt = None
     if len(rows) > f.limit:
@@ -116,11 +117,29 @@ def page(session: Session, f: QueueFilter) -> tuple[list[Case], str | None]:
     return rows, nxt
 
 
+_FACETS: dict[str, tuple[float, dict[str, list[str]]]] = {}
+FACETS_TTL_S = 60.0
+
+
 def facets(session: Session) -> dict[str, list[str]]:
-    """Values to filter on: top reasons and model versions of active cases, and users."""
-    reasons = session.execute(select(Case.top_reason).where(Case.status.in_(OPEN), Case.top_reason.is_not(None))
-                              .group_by(Case.top_reason).order_by(func.count().desc()).limit(30)).scalars().all()
-    models = session.execute(select(Case.model_version).where(Case.status.in_(OPEN), Case.model_version.is_not(None))
-                             .group_by(Case.model_version).limit(10)).scalars().all()
+    """Values to filter on: top reasons and model versions of cases, and users (read at most
+    once a minute per database: they change slowly)."""
+    import time
+
+    key = str(session.get_bind().url)
+    hit = _FACETS.get(key)
+    if hit is not None and time.monotonic() - hit[0] < FACETS_TTL_S:
+        return hit[1]
+    out = _facets(session)
+    _FACETS[key] = (time.monotonic(), out)
+    return out
+
+
+def _facets(session: Session) -> dict[str, list[str]]:
+    # DISTINCT over the (top_reason, status) and (model_version, status) indexes: no table scan.
+    reasons = session.execute(select(Case.top_reason).where(Case.top_reason.is_not(None)).distinct()
+                              .order_by(Case.top_reason).limit(100)).scalars().all()
+    models = session.execute(select(Case.model_version).where(Case.model_version.is_not(None)).distinct()
+                             .order_by(Case.model_version).limit(20)).scalars().all()
     users = session.execute(select(User.username).where(User.active.is_(True)).order_by(User.username)).scalars().all()
     return {"reasons": list(reasons), "models": list(models), "users": list(users)}

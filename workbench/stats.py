@@ -14,8 +14,6 @@ from sqlalchemy.orm import Session
 
 from workbench.models import AlertRecord, Case
 
-OPEN = ("open", "in_review", "pending_approval")
-
 
 def per_minute(session: Session, minutes: int = 60, now_ms: int | None = None) -> list[int]:
     """Alerts committed by the workers in each of the last ``minutes`` minutes, oldest first."""
@@ -34,7 +32,7 @@ def dashboard(session: Session, *, alert_rate_target: float | None = None, event
     """Every dashboard figure, as JSON-ready values."""
     now_ms = int(time.time() * 1000)
     since_ms = since_ms or now_ms - 86_400_000
-    open_cases = session.execute(select(func.count()).select_from(Case).where(Case.status.in_(OPEN))).scalar() or 0
+    open_cases = session.execute(select(func.count()).select_from(Case).where(Case.active == 1)).scalar() or 0
     unworked = session.execute(select(Case.id, Case.account_id, Case.opened_at).where(Case.status == "open")
                                .order_by(Case.opened_at.asc()).limit(1)).first()
     by_reason = session.execute(select(AlertRecord.top_reason, func.count()).where(AlertRecord.created_ms >= since_ms)

@@ -128,14 +128,14 @@ def _queue_and_api(base: str, password: str, token: str, requests: int) -> dict[
         _time(page, p, 2)  # warm caches once, not measured
     queue = [t for _ in range(max(1, requests // len(queue_paths))) for p in queue_paths for t in _time(page, p, 1)]
     # Deep pages: follow the keyset cursor 20 pages down.
-    deep, url = [], "/api/v1/cases?status=all&limit=50"
+    deep, url = [], "/api/v1/cases?limit=50"
     for _ in range(20):
         t = time.perf_counter()
         body = api.get(url).json()
         deep.append((time.perf_counter() - t) * 1000)
         if not body.get("next"):
             break
-        url = f"/api/v1/cases?status=all&limit=50&after={body['next']}"
+        url = f"/api/v1/cases?limit=50&after={body['next']}"
     api_list = [t for _ in range(max(1, requests // 4)) for p in ("/api/v1/cases", "/api/v1/cases?sort=score",
                                                                    "/api/v1/cases?level=high", "/api/v1/cases?sort=age")
                 for t in _time(api, p, 1)]

@@ -16,16 +16,27 @@ from workbench.web.deps import PageUser, db_session, page_user, stream_user
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
 
+FIGURES_TTL_S = 2.0   # every open dashboard asks every 5 s; they share one computation
+
+
 def figures(request: Request, session: Session) -> dict:
-    """The dashboard's figures, with the served model's target and the events scored so far."""
+    """The dashboard's figures, with the served model's target and the events scored so far
+    (computed at most every ``FIGURES_TTL_S`` for all dashboards together)."""
+    import time
+
     app = request.app
+    cached = getattr(app.state, "figures_cache", None)
+    if cached is not None and time.monotonic() - cached[0] < FIGURES_TTL_S:
+        return cached[1]
     scored = None
     if app.state.store is not None:
         try:
             scored = app.state.store.applied_count(app.state.store.partitions())
         except Exception:  # noqa: BLE001 - Redis away: the figure is left out, the rest shows
             scored = None
-    return stats.dashboard(session, alert_rate_target=app.state.model.get("alert_rate_target"), events_scored=scored)
+    out = stats.dashboard(session, alert_rate_target=app.state.model.get("alert_rate_target"), events_scored=scored)
+    app.state.figures_cache = (time.monotonic(), out)
+    return out
 
 
 @router.get("/")

@@ -119,6 +119,8 @@ def upgrade() -> None:
     sa.Column('model_version', sa.String(length=64), nullable=True),
     sa.Column('risk_score', sa.Float(), nullable=False),
     sa.Column('risk_level', sa.String(length=10), nullable=False),
+    sa.Column('active', sa.Integer(), sa.Computed("CASE WHEN status = 'closed' THEN 0 ELSE 1 END", persisted=True),
+              nullable=False),
     sa.ForeignKeyConstraint(['approved_by'], ['users.id'], ),
     sa.ForeignKeyConstraint(['assignee_id'], ['users.id'], ),
     sa.ForeignKeyConstraint(['decided_by'], ['users.id'], ),
@@ -129,9 +131,12 @@ def upgrade() -> None:
         batch_op.create_index('ix_cases_assignee_status', ['assignee_id', 'status'], unique=False)
         batch_op.create_index('ix_cases_model_status', ['model_version', 'status'], unique=False)
         batch_op.create_index('ix_cases_reason_status', ['top_reason', 'status'], unique=False)
-        batch_op.create_index('ix_cases_status_opened', ['status', 'opened_at'], unique=False)
-        batch_op.create_index('ix_cases_status_risk', ['status', 'risk_score'], unique=False)
-        batch_op.create_index('ix_cases_status_score', ['status', 'max_score'], unique=False)
+        batch_op.create_index('ix_cases_active_risk', ['active', 'risk_score', 'id'], unique=False)
+        batch_op.create_index('ix_cases_active_score', ['active', 'max_score', 'id'], unique=False)
+        batch_op.create_index('ix_cases_active_opened', ['active', 'opened_at', 'id'], unique=False)
+        batch_op.create_index('ix_cases_active_recent', ['active', 'last_alert_ms', 'id'], unique=False)
+        batch_op.create_index('ix_cases_status_opened', ['status', 'opened_at', 'id'], unique=False)
+        batch_op.create_index('ix_cases_status_closed', ['status', 'closed_at'], unique=False)
 
     op.create_table('ratings',
     sa.Column('account_id', sa.String(length=128), nullable=False),
@@ -258,9 +263,12 @@ def downgrade() -> None:
     op.drop_table('suppressions')
     op.drop_table('ratings')
     with op.batch_alter_table('cases', schema=None) as batch_op:
-        batch_op.drop_index('ix_cases_status_score')
-        batch_op.drop_index('ix_cases_status_risk')
+        batch_op.drop_index('ix_cases_active_risk')
+        batch_op.drop_index('ix_cases_active_score')
+        batch_op.drop_index('ix_cases_active_opened')
+        batch_op.drop_index('ix_cases_active_recent')
         batch_op.drop_index('ix_cases_status_opened')
+        batch_op.drop_index('ix_cases_status_closed')
         batch_op.drop_index('ix_cases_reason_status')
         batch_op.drop_index('ix_cases_model_status')
         batch_op.drop_index('ix_cases_assignee_status')
