@@ -36,11 +36,22 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_stream_never_imports_training_export_or_txwatch():
+def test_stream_never_imports_training_export_workbench_or_txwatch():
     offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p)
-                                                  if n.split(".")[0] in ("training", "txwatch", "export"))
+                                                  if n.split(".")[0] in ("training", "txwatch", "export", "workbench"))
                  for p in (ROOT / "stream").rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_workbench_stays_beside_the_pipeline():
+    """training never imports the workbench; the workbench never imports training, the CLI or
+    the benchmarks; its pure parts (ratings, reasons in words) load no client library."""
+    assert not [str(p) for p in (ROOT / "training").rglob("*.py") if any(n.startswith("workbench") for n in _imports(p))]
+    bad = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.split(".")[0] in ("training", "txwatch"))
+           for p in (ROOT / "workbench").rglob("*.py")}
+    assert not {k: v for k, v in bad.items() if v}
+    loaded = _imported_after("import workbench.risk, workbench.explain")
+    assert not loaded & {*CLIENTS, "sqlalchemy", "fastapi"}, loaded & {*CLIENTS, "sqlalchemy", "fastapi"}
 
 
 def test_no_client_library_in_the_core_or_the_formats():
@@ -51,7 +62,7 @@ def test_no_client_library_in_the_core_or_the_formats():
 
 
 def test_only_the_cli_reaches_the_benchmarks():
-    users = [str(p.relative_to(ROOT)) for base in ("stream", "training", "txwatch", "export")
+    users = [str(p.relative_to(ROOT)) for base in ("stream", "training", "txwatch", "export", "workbench")
              for p in (ROOT / base).rglob("*.py")
              if "bench" not in p.parts and any(n.startswith("txwatch.bench") for n in _imports(p))]
     assert users == ["txwatch/cli.py"], users

@@ -50,9 +50,10 @@ def cmd_ui(a: argparse.Namespace) -> int:
     settings = _settings()
     if a.port is not None:
         settings = settings.model_copy(update={"ui_port": a.port})
-    from txwatch.cli import _setup_logging
+    import logging
 
-    _setup_logging(False)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("txwatch").setLevel(logging.INFO)
     db = _db(settings)
     send, close = _kafka_sender(settings)
     if settings.kafka_url:

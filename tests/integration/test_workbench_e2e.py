@@ -18,6 +18,7 @@ import time
 import urllib.request
 
 import pytest
+from playwright.sync_api import expect
 
 from stream.adapters.kafka import ensure_topics
 from stream.events.labels import read_labels
@@ -101,13 +102,13 @@ def test_reviewer_works_a_live_alert_and_the_label_reaches_training(workbench, s
         page.wait_for_selector("tr.live-alert", timeout=20_000)
         assert page.locator("tr.live-alert").count() >= 1
         # The figures refresh by themselves once the case builder has made cases.
-        page.wait_for_function("document.getElementById('fig-open').textContent !== '0'", timeout=20_000)
-        _shot(page, tmp_path, "dashboard")
+        expect(page.locator("#fig-open")).not_to_have_text("0", timeout=20_000)
+        _shot(page, tmp_path, "workbench-dashboard")
 
         # The queue lists the cases the case builder made; open the riskiest.
         page.goto(base + "/cases")
         page.wait_for_selector("#queue tbody tr a", timeout=20_000)
-        _shot(page, tmp_path, "queue")
+        _shot(page, tmp_path, "workbench-queue")
         page.click("#queue tbody tr a")
         case_url = page.url
         case_id = int(case_url.rsplit("/", 1)[1])
@@ -118,7 +119,7 @@ def test_reviewer_works_a_live_alert_and_the_label_reaches_training(workbench, s
         page.fill("#case-note", "New device, new country, balance drained within minutes: takeover.")
         page.click("#dispose-case-button")
         page.wait_for_selector("#case-status:has-text('pending approval')")
-        _shot(page, tmp_path, "case")
+        _shot(page, tmp_path, "workbench-case")
 
         # Four-eyes: the reviewer is not offered the approval; a second person approves.
         page.click("form.who button")
@@ -132,7 +133,7 @@ def test_reviewer_works_a_live_alert_and_the_label_reaches_training(workbench, s
         assert "lead" in audit_actions and "approve" in audit_actions
         page.goto(base + "/audit?verify=1")
         assert "Chain intact" in page.locator("#verdict").inner_text()
-        _shot(page, tmp_path, "audit")
+        _shot(page, tmp_path, "workbench-audit")
     finally:
         worker.terminate()
         worker.wait(20)
