@@ -49,11 +49,16 @@ def record(session: Session, actor: str, action: str, object_type: str, object_i
            before: dict | None = None, after: dict | None = None, address: str | None = None) -> AuditRow:
     """Append one audit row in ``session``'s transaction (so it commits with the action or not at all).
 
-    Appends are serialised (PostgreSQL: a transaction-scoped advisory lock; SQLite: one
-    writer at a time), so the chain never forks.
+    Appends are serialised (PostgreSQL: a transaction-scoped advisory lock; SQLite: the write
+    lock, taken before the last hash is read), so the chain never forks.
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(7274868)"))
+    else:
+        # SQLite: the driver begins a transaction only at a write, so the read of the last hash
+        # would run outside one and two appenders could chain to the same row; a write that
+        # changes nothing begins it and takes the write lock first.
+        session.execute(text("UPDATE audit SET id = id WHERE 0"))
     last = session.execute(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1)).scalar()
     row = AuditRow(at=utcnow(), actor=actor, action=action, object_type=object_type, object_id=str(object_id),
                    before=_jsonable(before), after=_jsonable(after), address=address, prev_hash=last or GENESIS)
