@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from workbench.db import take_write_lock
 from workbench.models import AuditRow, utcnow
 
 GENESIS = "0" * 64
@@ -55,10 +56,7 @@ def record(session: Session, actor: str, action: str, object_type: str, object_i
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(7274868)"))
     else:
-        # SQLite: the driver begins a transaction only at a write, so the read of the last hash
-        # would run outside one and two appenders could chain to the same row; a write that
-        # changes nothing begins it and takes the write lock first.
-        session.execute(text("UPDATE audit SET id = id WHERE 0"))
+        take_write_lock(session)
     last = session.execute(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1)).scalar()
     row = AuditRow(at=utcnow(), actor=actor, action=action, object_type=object_type, object_id=str(object_id),
                    before=_jsonable(before), after=_jsonable(after), address=address, prev_hash=last or GENESIS)

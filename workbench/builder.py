@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from stream.events.alerts import decode_alert_hash
 from workbench import ratings
+from workbench.db import take_write_lock
 from workbench.models import AlertRecord, Case, Cursor, utcnow
 
 log = logging.getLogger("txwatch.workbench.builder")
@@ -54,7 +55,15 @@ def _alert_row(h: dict[str, Any], case_id: int) -> AlertRecord:
 
 
 def _open_case(session: Session, account_id: str) -> tuple[Case, bool]:
-    case = session.execute(select(Case).where(Case.account_id == account_id, Case.status != "closed")).unique().scalar()
+    # Lock the account's open case before reading it (as the reviewers' actions do, cases._case),
+    # so a reviewer cannot close it between this read and the alert's write.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Case.id).where(Case.account_id == account_id, Case.status != "closed")
+                        .with_for_update())
+    else:
+        take_write_lock(session)
+    case = session.execute(select(Case).where(Case.account_id == account_id, Case.status != "closed")
+                           .execution_options(populate_existing=True)).unique().scalar()
     if case is not None:
         return case, False
     case = Case(account_id=account_id, status="open", alert_count=0, open_alerts=0, max_score=0.0,

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from stream.errors import TxwatchError
 from stream.events.labels import encode, label_record
 from workbench import audit, outbox, ratings
+from workbench.db import take_write_lock
 from workbench.models import (
     DECISIONS, LEVELS, AlertRecord, Case, Decision, Note, Rating, Suppression, User, utcnow
 )
@@ -74,9 +75,13 @@ class Actor:
 
 
 def _case(session: Session, case_id: int, *, lock: bool = True) -> Case:
-    q = select(Case).where(Case.id == case_id)
     if lock and session.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(of=Case)
+        # The row alone is locked, then read: a row locked together with its joined assignee
+        # comes back, after waiting for another claim, with the assignee of before the wait.
+        session.execute(select(Case.id).where(Case.id == case_id).with_for_update())
+    elif lock:
+        take_write_lock(session)  # two claims must not both see the case free
+    q = select(Case).where(Case.id == case_id).execution_options(populate_existing=True)
     case = session.execute(q).unique().scalar()
     if case is None:
         raise NotFound(f"no case {case_id}")
@@ -299,11 +304,23 @@ def reject(session: Session, case_id: int, note: str | None, actor: Actor, polic
     if case.decided_by == actor.user.id:
         raise Forbidden("four-eyes: the reviewer who decided a case cannot reject their own decision either")
     before = case_brief(case)
+    # The alerts that took the rejected case disposition (not one of their own) are undecided
+    # again, so the next case disposition decides, labels and rates them anew.
+    sent_back = session.execute(select(Decision).where(Decision.case_id == case.id, Decision.kind == "disposition",
+                                                       Decision.event_id.is_(None))
+                                .order_by(Decision.id.desc()).limit(1)).scalar()
+    reopened = 0
+    if sent_back is not None:
+        for alert in session.execute(select(AlertRecord).where(AlertRecord.case_id == case.id,
+                                                               AlertRecord.decided_at == sent_back.at)).scalars():
+            alert.decision, alert.decided_by, alert.decided_at = None, None, None
+            reopened += 1
+        case.open_alerts += reopened
     case.status, case.decision = "in_review", None
     case.lock_expires_at = now + timedelta(seconds=policy.lock_ttl_s)
     session.add(Decision(case_id=case.id, kind="rejection", decision=None, note=text, user_id=actor.user.id, at=now))
     _touch(case, now)
-    _audit(session, actor, "reject", case, before, note=text)
+    _audit(session, actor, "reject", case, before, note=text, alerts_reopened=reopened)
     return case
 
 

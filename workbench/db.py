@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -66,6 +66,16 @@ def migrate(engine: Engine) -> str:
             return MigrationContext.configure(conn).get_current_revision() or ""
     except OperationalError as exc:
         raise ServiceUnavailable(f"cannot reach the workbench database: {exc.orig}") from None
+
+
+def take_write_lock(session: Session) -> None:
+    """SQLite: begin the transaction now and take the database's write lock, before a read
+    that a later write depends on (the driver begins a transaction only at the first write,
+    so such a read would run outside one and two writers could both act on what they read).
+    A write that changes nothing does it; the audit table's triggers fire on no row.
+    PostgreSQL callers lock the rows they read instead (``FOR UPDATE``, advisory locks)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE cases SET id = id WHERE 0"))
 
 
 def is_migrated(engine: Engine) -> bool:
