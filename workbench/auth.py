@@ -11,12 +11,12 @@ import hmac
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from stream.errors import TxwatchError
@@ -100,6 +100,13 @@ def session_user(session: Session, cookie: str | None, ttl_s: float) -> WebSessi
     return row
 
 
+def purge_sessions(session: Session, ttl_s: float) -> int:
+    """Remove every session idle for longer than ``ttl_s`` (done at each sign-in, so the
+    table holds live sessions only); how many went."""
+    cutoff = utcnow() - timedelta(seconds=ttl_s)
+    return session.execute(delete(WebSession).where(WebSession.last_seen < cutoff)).rowcount or 0
+
+
 def close_session(session: Session, cookie: str | None) -> None:
     """Log out: the session's row is removed."""
     if cookie:
@@ -136,16 +143,20 @@ def token_user(session: Session, secret: str | None) -> User | None:
 # -- login rate limit ---------------------------------------------------------------
 
 class LoginLimiter:
-    """At most ``attempts`` failed logins per (user name, address) in a sliding ``window_s``."""
+    """At most ``attempts`` failed logins per (user name, address) in a sliding ``window_s``.
 
-    def __init__(self, attempts: int, window_s: float = 300.0) -> None:
+    Memory is bounded: only failures inside the window are kept, and keys whose failures
+    all aged out are dropped whenever the table passes ``max_keys``.
+    """
+
+    def __init__(self, attempts: int, window_s: float = 300.0, max_keys: int = 10_000) -> None:
         self.attempts = attempts
         self.window_s = window_s
-        self._failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self.max_keys = max_keys
+        self._failures: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _live(self, key: tuple[str, str], now: float) -> deque[float]:
-        q = self._failures[key]
+    def _trim(self, q: deque[float], now: float) -> deque[float]:
         while q and now - q[0] > self.window_s:
             q.popleft()
         return q
@@ -154,15 +165,19 @@ class LoginLimiter:
         """Seconds until another attempt is allowed (0: allowed now)."""
         now = time.monotonic()
         with self._lock:
-            q = self._live((username.lower(), address), now)
+            q = self._trim(self._failures.get((username.lower(), address), deque()), now)
             if len(q) < self.attempts:
                 return 0.0
             return self.window_s - (now - q[0])
 
     def failed(self, username: str, address: str) -> None:
         """Count one failed attempt."""
+        now = time.monotonic()
         with self._lock:
-            self._live((username.lower(), address), time.monotonic()).append(time.monotonic())
+            if len(self._failures) >= self.max_keys:
+                for key in [k for k, q in self._failures.items() if not self._trim(q, now)]:
+                    del self._failures[key]
+            self._failures.setdefault((username.lower(), address), deque()).append(now)
 
     def succeeded(self, username: str, address: str) -> None:
         """A correct password clears the count."""

@@ -188,32 +188,35 @@ def assign(session: Session, case_id: int, username: str, actor: Actor, policy: 
 
 # -- decisions ----------------------------------------------------------------------------
 
-def _label(session: Session, case: Case, alert: AlertRecord, decision: str, actor: Actor, note: str,
-           policy: Policy, now: datetime) -> None:
-    record = label_record(alert.event_id, decision, account_id=alert.account_id, reviewer=actor.user.username,
+def _take_effect(session: Session, case: Case, alert: AlertRecord, reviewer: str, note: str, policy: Policy,
+                 now: datetime) -> None:
+    """A final alert disposition's consequences: its label on the reviews topic (through the
+    outbox) and its signal to the account's rating."""
+    record = label_record(alert.event_id, alert.decision, account_id=alert.account_id, reviewer=reviewer,
                           decided_at=int(now.timestamp() * 1000), case_id=case.id, note=note)
     outbox.enqueue_kafka(session, policy.reviews_topic, alert.event_id, encode(record).decode())
+    if alert.decision in ("confirmed", "false_positive"):
+        ratings.apply_signal(session, alert.account_id, alert.decision, None,
+                             why=f"reviewer: {alert.decision.replace('_', ' ')}")
 
 
-def _rate(session: Session, account_id: str, decision: str) -> None:
-    """Feed a reviewer's decision into the account's rating."""
-    if decision not in ("confirmed", "false_positive"):
-        return
-    ratings.apply_signal(session, account_id, decision, None, why=f"reviewer: {decision.replace('_', ' ')}")
-
-
-def _decide_alert(session: Session, case: Case, alert: AlertRecord, decision: str, note: str, actor: Actor,
-                  policy: Policy, now: datetime, *, record: bool = True) -> None:
-    """An alert's disposition, its label and its rating signal; ``record=False`` when it is
-    part of a case disposition (recorded once, for the case)."""
+def _mark(case: Case, alert: AlertRecord, decision: str, actor: Actor, now: datetime) -> None:
+    """Set an alert's disposition."""
     if alert.decision is None:
         case.open_alerts = max(0, case.open_alerts - 1)
     alert.decision, alert.decided_by, alert.decided_at = decision, actor.user.id, now
-    if record:
-        session.add(Decision(case_id=case.id, event_id=alert.event_id, kind="disposition", decision=decision,
-                             note=note, user_id=actor.user.id, at=now))
-    _label(session, case, alert, decision, actor, note, policy, now)
-    _rate(session, alert.account_id, decision)
+
+
+def _case_decided(session: Session, case: Case) -> tuple[Decision | None, list[AlertRecord]]:
+    """The case's latest case-level disposition and the alerts that took it (not one of their own)."""
+    last = session.execute(select(Decision).where(Decision.case_id == case.id, Decision.kind == "disposition",
+                                                  Decision.event_id.is_(None))
+                           .order_by(Decision.id.desc()).limit(1)).scalar()
+    if last is None:
+        return None, []
+    alerts = session.execute(select(AlertRecord).where(AlertRecord.case_id == case.id,
+                                                       AlertRecord.decided_at == last.at)).scalars().all()
+    return last, list(alerts)
 
 
 def dispose_alert(session: Session, case_id: int, event_id: str, decision: str, note: str | None, actor: Actor,
@@ -229,7 +232,10 @@ def dispose_alert(session: Session, case_id: int, event_id: str, decision: str, 
     if alert is None or alert.case_id != case.id:
         raise NotFound(f"case {case.id} has no alert {event_id!r}")
     before = {"decision": alert.decision}
-    _decide_alert(session, case, alert, decision, text, actor, policy, now)
+    _mark(case, alert, decision, actor, now)
+    session.add(Decision(case_id=case.id, event_id=alert.event_id, kind="disposition", decision=decision,
+                         note=text, user_id=actor.user.id, at=now))
+    _take_effect(session, case, alert, actor.user.username, text, policy, now)
     case.lock_expires_at = now + timedelta(seconds=policy.lock_ttl_s)
     _touch(case, now)
     audit.record(session, actor.user.username, "dispose_alert", "alert", event_id, before=before,
@@ -241,7 +247,11 @@ def dispose_alert(session: Session, case_id: int, event_id: str, decision: str, 
 
 def dispose_case(session: Session, case_id: int, decision: str, note: str | None, actor: Actor,
                  policy: Policy) -> Case:
-    """Dispose the whole case; alerts without a disposition of their own take this one."""
+    """Dispose the whole case; alerts without a disposition of their own take this one.
+
+    A disposition that waits for approval takes effect (labels, rating) when it is approved;
+    until then the alerts show it, and a rejection takes it back.
+    """
     if decision not in DECISIONS:
         raise WorkError(f"a disposition is one of {', '.join(DECISIONS)}, not {decision!r}")
     text = _note(note)
@@ -251,12 +261,14 @@ def dispose_case(session: Session, case_id: int, decision: str, note: str | None
     before = case_brief(case)
     undecided = session.execute(select(AlertRecord).where(AlertRecord.case_id == case.id,
                                                           AlertRecord.decision.is_(None))).scalars().all()
+    needs_approval = decision == "escalated" or (decision == "confirmed" and policy.four_eyes)
     for alert in undecided:
-        _decide_alert(session, case, alert, decision, text, actor, policy, now, record=False)
+        _mark(case, alert, decision, actor, now)
+        if not needs_approval:
+            _take_effect(session, case, alert, actor.user.username, text, policy, now)
     session.add(Decision(case_id=case.id, event_id=None, kind="disposition", decision=decision, note=text,
                          user_id=actor.user.id, at=now))
     case.decision, case.decided_by = decision, actor.user.id
-    needs_approval = decision == "escalated" or (decision == "confirmed" and policy.four_eyes)
     if needs_approval:
         case.status = "pending_approval"
     else:
@@ -284,6 +296,9 @@ def approve(session: Session, case_id: int, note: str | None, actor: Actor, poli
     if case.decided_by == actor.user.id:
         raise Forbidden("four-eyes: a case is approved by someone other than the reviewer who decided it")
     before = case_brief(case)
+    decided, alerts = _case_decided(session, case)
+    for alert in alerts:  # the decision takes effect now: labels and rating
+        _take_effect(session, case, alert, decided.user.username, decided.note, policy, now)
     case.approved_by = actor.user.id
     _close(case, now)
     session.add(Decision(case_id=case.id, kind="approval", decision=case.decision, note=text, user_id=actor.user.id, at=now))
@@ -305,17 +320,12 @@ def reject(session: Session, case_id: int, note: str | None, actor: Actor, polic
         raise Forbidden("four-eyes: the reviewer who decided a case cannot reject their own decision either")
     before = case_brief(case)
     # The alerts that took the rejected case disposition (not one of their own) are undecided
-    # again, so the next case disposition decides, labels and rates them anew.
-    sent_back = session.execute(select(Decision).where(Decision.case_id == case.id, Decision.kind == "disposition",
-                                                       Decision.event_id.is_(None))
-                                .order_by(Decision.id.desc()).limit(1)).scalar()
-    reopened = 0
-    if sent_back is not None:
-        for alert in session.execute(select(AlertRecord).where(AlertRecord.case_id == case.id,
-                                                               AlertRecord.decided_at == sent_back.at)).scalars():
-            alert.decision, alert.decided_by, alert.decided_at = None, None, None
-            reopened += 1
-        case.open_alerts += reopened
+    # again (it never took effect: no label, no rating), so the next disposition decides them.
+    _, sent_back = _case_decided(session, case)
+    for alert in sent_back:
+        alert.decision, alert.decided_by, alert.decided_at = None, None, None
+    reopened = len(sent_back)
+    case.open_alerts += reopened
     case.status, case.decision = "in_review", None
     case.lock_expires_at = now + timedelta(seconds=policy.lock_ttl_s)
     session.add(Decision(case_id=case.id, kind="rejection", decision=None, note=text, user_id=actor.user.id, at=now))

@@ -192,10 +192,12 @@ def test_forms_need_the_sessions_csrf_token(wb):
         r = rita.post(f"/cases/{cid}/notes", data={**data, "body": "sneaky"})
         assert r.status_code == 403
         assert wb.snapshot(cid) == before
-    # a logout without the token does not end the session
+    # a logout without the token is refused: the session and its cookie stay (another site
+    # cannot sign a reviewer out)
     cookie = rita.cookies.get(COOKIE)
-    assert rita.post("/logout", data={"csrf": "wrong"}).status_code == 303
-    rita.cookies.set(COOKIE, cookie)
+    r = rita.post("/logout", data={"csrf": "wrong"})
+    assert r.status_code == 403 and "CSRF" in r.text
+    assert rita.cookies.get(COOKIE) == cookie
     assert rita.get("/cases").status_code == 200
     # with it, the form works
     r = rita.post(f"/cases/{cid}/claim", data={"csrf": good})

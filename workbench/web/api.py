@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from workbench import cases, queue, stats
+from workbench import cases, queue
 from workbench.casefile import case_file, case_summary, rating_view
 from workbench.web.deps import api_user, db_session
 
@@ -78,7 +78,7 @@ class DisposeIn(Strict):
 
     decision: Decision
     note: str = Field(min_length=1, max_length=cases.MAX_NOTE)
-    event_id: str | None = None
+    event_id: str | None = Field(None, min_length=1, description="one alert of the case; leave it out for the whole case")
 
 
 class NoteIn(Strict):
@@ -162,7 +162,7 @@ def assign(request: Request, case_id: int, body: AssignIn, actor=Depends(api_use
 def dispose(request: Request, case_id: int, body: DisposeIn, actor=Depends(api_user("reviewer")),
             session: Session = Depends(db_session)):
     """Dispose one alert (``event_id``) or the whole case; the token's user must hold the case's lock."""
-    if body.event_id:
+    if body.event_id is not None:
         cases.dispose_alert(session, case_id, body.event_id, body.decision, body.note, actor, _policy(request))
         return case_summary(session.get(cases.Case, case_id))
     return case_summary(cases.dispose_case(session, case_id, body.decision, body.note, actor, _policy(request)))
@@ -211,5 +211,3 @@ def get_stats(request: Request, actor=Depends(api_user("viewer")), session: Sess
 
     return figures(request, session)
 
-
-__all__ = ["router", "stats"]

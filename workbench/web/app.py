@@ -79,7 +79,7 @@ def create_app(settings: Settings, *, db: Database | None = None, redis_client=N
             for t in threads:
                 t.join(timeout=5)
 
-    app = FastAPI(title="txwatch workbench", version="1", lifespan=lifespan, docs_url="/api/docs",
+    app = FastAPI(title="txwatch workbench", version="1", lifespan=lifespan, docs_url=None,
                   openapi_url="/api/openapi.json", redoc_url=None,
                   description="Alerts, cases, dispositions and risk ratings of txwatch. Authenticate with a per-user "
                               "token: `Authorization: Bearer <token>` (`txwatch users token NAME`).")
@@ -101,6 +101,15 @@ def create_app(settings: Settings, *, db: Database | None = None, redis_client=N
 
     for module in (routes_auth, routes_dashboard, routes_cases, routes_audit, api):
         app.include_router(module.router)
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs(request: Request):
+        """The API reference, rendered here from the OpenAPI document (no CDN, no script)."""
+        from workbench.web.apidocs import operations
+
+        spec = app.openapi()
+        return templates.TemplateResponse(request, "api_docs.html", {"spec": spec, "ops": operations(spec),
+                                                                     "user": None})
 
     def page_error(request: Request, status: int, message: str):
         return templates.TemplateResponse(request, "error.html", {"status": status, "message": message, "user": None},

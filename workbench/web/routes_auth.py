@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
@@ -60,6 +60,7 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
         return _login_page(request, error="Wrong user name or password.", status=401, next_url=_safe_next(next),
                            username=username)
     limiter.succeeded(username, address)
+    auth.purge_sessions(session, request.app.state.settings.ui_session_ttl_s)
     cookie, _ = auth.open_session(session, user)
     audit.record(session, user.username, "login", "user", user.username, address=address)
     response = RedirectResponse(_safe_next(next), status_code=303)
@@ -71,10 +72,12 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
 
 @router.post("/logout")
 def logout(request: Request, csrf: str = Form(""), session: Session = Depends(db_session)):
-    """End the session (its CSRF token must match)."""
+    """End the session. Its CSRF token must match: another site cannot sign a reviewer out."""
     cookie = request.cookies.get(COOKIE)
     web = auth.session_user(session, cookie, request.app.state.settings.ui_session_ttl_s)
-    if web is not None and auth.csrf_ok(web.csrf, csrf):
+    if web is not None:
+        if not auth.csrf_ok(web.csrf, csrf):
+            raise HTTPException(403, "the form's CSRF token is missing or stale: reload the page and try again")
         audit.record(session, web.user.username, "logout", "user", web.user.username, address=client_address(request))
         auth.close_session(session, cookie)
     response = RedirectResponse("/login", status_code=303)

@@ -1,0 +1,64 @@
+"""The API reference page, an empty event id, the login limiter's memory, stale sessions."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from tests.workbench.test_api import (  # noqa: F401 - fixtures
+    Bench, fast_passwords, make_bench, password, redis_server, wb,
+)
+from workbench import auth
+from workbench.models import WebSession, utcnow
+
+
+def test_api_reference_renders_every_operation_without_a_cdn(wb: Bench):
+    c = wb.client()
+    r = c.get("/api/docs")
+    assert r.status_code == 200
+    spec = c.get("/api/openapi.json").json()
+    for path in spec["paths"]:
+        assert f"<code>{path}</code>" in r.text
+    assert "DisposeIn" in r.text and "event_id" in r.text        # a body's fields are listed
+    assert "cdn" not in r.text.lower() and "<script>" not in r.text  # works offline, under the CSP
+
+
+def test_an_empty_event_id_is_refused_not_taken_for_the_whole_case(wb: Bench):
+    wb.write_alerts(2, ["acct-e"])
+    wb.build()
+    cid = wb.case_of("acct-e")
+    c = wb.client()
+    assert c.post(f"/api/v1/cases/{cid}/claim", headers=wb.api("rita")).status_code == 200
+    before = wb.snapshot(cid)
+    r = c.post(f"/api/v1/cases/{cid}/dispose", headers=wb.api("rita"),
+               json={"event_id": "", "decision": "false_positive", "note": "x"})
+    assert r.status_code == 422 and "event_id" in r.json()["detail"]
+    assert wb.snapshot(cid) == before
+
+
+def test_login_limiter_forgets_names_whose_failures_aged_out():
+    limiter = auth.LoginLimiter(attempts=2, window_s=0.05, max_keys=100)
+    for i in range(100):
+        limiter.failed(f"guess-{i}", "10.0.0.1")
+    time.sleep(0.1)
+    limiter.failed("another", "10.0.0.1")          # the table is full: aged-out keys go
+    assert len(limiter._failures) == 1
+    limiter.failed("another", "10.0.0.1")
+    assert limiter.blocked_for("another", "10.0.0.1") > 0
+    assert limiter.blocked_for("never-tried", "10.0.0.1") == 0.0 and len(limiter._failures) == 1
+
+
+def test_a_sign_in_removes_sessions_idle_past_the_ttl(wb: Bench):
+    wb.browser("rita")
+    with wb.db.transaction() as s:
+        s.execute(update(WebSession).values(last_seen=utcnow() - timedelta(seconds=wb.settings.ui_session_ttl_s + 5)))
+    assert len(_sessions(wb)) == 1
+    wb.browser("vera")
+    assert len(_sessions(wb)) == 1  # rita's stale row went; vera's is the one left
+
+
+def _sessions(wb: Bench) -> list[WebSession]:
+    with wb.db.sessions() as s:
+        return list(s.execute(select(WebSession)).scalars())
