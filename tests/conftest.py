@@ -6,6 +6,8 @@ LightGBM teacher, distillation), sized to take seconds, not minutes.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,55 @@ def models_student(models):
     from stream.scoring.student import load_student
 
     return load_student(models["student"])
+
+
+# -- a real headless Chromium (the workbench's browser tests) ---------------------------------
+# ``chromium_browser`` (session): Debian's chromium driven by Playwright, headless; if it is
+# missing the tests that use it fail, saying what to install, unless TXWATCH_SKIP_BROWSER=1
+# (then they skip). ``browser_page``: a page in a browser context of the test's own.
+
+CHROMIUM_DEFAULT = "/usr/bin/chromium"
+
+
+def chromium_path() -> str | None:
+    """The chromium executable: ``chromium`` on the PATH, else /usr/bin/chromium; None if neither."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    return CHROMIUM_DEFAULT if os.access(CHROMIUM_DEFAULT, os.X_OK) else None
+
+
+def _no_browser(reason: str):
+    if os.environ.get("TXWATCH_SKIP_BROWSER") == "1":
+        pytest.skip(f"{reason} (TXWATCH_SKIP_BROWSER=1)")
+    pytest.fail(f"{reason}; set TXWATCH_SKIP_BROWSER=1 to skip the browser tests instead", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """A headless Chromium (Debian's package) as a Playwright ``Browser``."""
+    executable = chromium_path()
+    if executable is None:
+        _no_browser("no chromium executable (on the PATH or /usr/bin/chromium): install Debian's `chromium` "
+                    "package (apt-get install -y chromium; `make test` does it when run as root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _no_browser("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium_browser):
+    """A page in a browser context of this test's own (cookies and storage not shared)."""
+    context = chromium_browser.new_context()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

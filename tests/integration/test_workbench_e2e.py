@@ -23,7 +23,6 @@ from playwright.sync_api import expect
 from stream.adapters.kafka import ensure_topics
 from stream.events.labels import read_labels
 from tests.integration.conftest import ROOT, env_for, produce_events, start_worker, wait_processed
-from tests.workbench.conftest import browser_page, chromium_browser  # noqa: F401 - fixtures
 from txwatch.cli import main
 from txwatch.local.embedded import die_with_parent, free_port
 

@@ -1,26 +1,29 @@
-"""Fixtures for the workbench tests: a database of each kind and a real headless Chromium.
+"""Fixtures for the workbench tests: a database of each kind and the workbench bench.
 
 * ``postgres_url`` (session): our own PostgreSQL server (EmbeddedPostgres, a free port on
   127.0.0.1; never the system server), started once, stopped at the end.
 * ``database_url`` (per test, parametrised ``sqlite`` and ``postgresql``): an empty database
   of its own, a fresh SQLite file or a fresh ``wb_<hex>`` database on the session server,
   dropped afterwards. A test that takes it runs twice, once per kind.
-* ``chromium_browser`` (session): Debian's ``chromium`` driven by Playwright (sync API), headless.
-  If chromium is missing the tests that use it fail, saying what to install, unless
-  ``TXWATCH_SKIP_BROWSER=1``, which skips them instead.
-* ``browser_page`` (per test): a page in a fresh browser context of its own.
+* ``wb`` / ``make_bench`` (per test): a :class:`~tests.workbench.bench.Bench` (the app on that
+  database and a real Redis of the module's, with a key prefix of its own).
+
+The browser fixtures (``chromium_browser``, ``browser_page``) are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from argon2 import PasswordHasher
 
-CHROMIUM_DEFAULT = "/usr/bin/chromium"
+from tests.workbench.bench import Bench
+from txwatch.local.embedded import EmbeddedRedis
+from workbench import auth
+
 
 
 @pytest.fixture(scope="session")
@@ -55,45 +58,37 @@ def database_url(request, tmp_path) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def chromium_path() -> str | None:
-    """The chromium executable: ``chromium`` on the PATH, else /usr/bin/chromium; None if neither."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    return CHROMIUM_DEFAULT if os.access(CHROMIUM_DEFAULT, os.X_OK) else None
+# -- the workbench bench (tests/workbench/bench.py) ------------------------------------------
 
-
-def _no_browser(reason: str):
-    if os.environ.get("TXWATCH_SKIP_BROWSER") == "1":
-        pytest.skip(f"{reason} (TXWATCH_SKIP_BROWSER=1)")
-    pytest.fail(f"{reason}; set TXWATCH_SKIP_BROWSER=1 to skip the browser tests instead", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def chromium_browser():
-    """A headless Chromium (Debian's package) as a Playwright ``Browser``."""
-    executable = chromium_path()
-    if executable is None:
-        _no_browser("no chromium executable (on the PATH or /usr/bin/chromium): install Debian's `chromium` "
-                    "package (apt-get install -y chromium; `make test` does it when run as root)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _no_browser("playwright is not installed: pip install -e '.[test]'")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+@pytest.fixture(scope="module")
+def redis_server():
+    """A real Redis for this module (never the system one on 6379); tests use key prefixes of their own."""
+    with EmbeddedRedis() as server:
+        yield server
 
 
 @pytest.fixture
-def browser_page(chromium_browser):
-    """A page in a browser context of this test's own (cookies and storage not shared)."""
-    context = chromium_browser.new_context()
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+def fast_passwords(monkeypatch):
+    """argon2id with small cost parameters: the same code path, milliseconds instead of ~0.15 s a hash."""
+    monkeypatch.setattr(auth, "_HASHER", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture
+def make_bench(database_url, redis_server, tmp_path, fast_passwords):
+    """``make_bench(**settings)``: a :class:`Bench` on this test's database (closed at the end)."""
+    benches: list[Bench] = []
+
+    def make(**overrides: Any) -> Bench:
+        b = Bench(database_url, redis_server.url, tmp_path / f"b{len(benches)}", **overrides)
+        benches.append(b)
+        return b
+
+    yield make
+    for b in benches:
+        b.close()
+
+
+@pytest.fixture
+def wb(make_bench) -> Bench:
+    """The workbench with default settings."""
+    return make_bench()

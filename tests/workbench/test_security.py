@@ -14,9 +14,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from tests.workbench.test_api import (  # noqa: F401 - fixtures
-    Bench, fast_passwords, make_bench, password, redis_server, wb,
-)
+from tests.workbench.bench import Bench, password
 from workbench import auth
 from workbench.models import RANK, ApiToken, AuditRow, User, WebSession, utcnow
 from workbench.web import api, routes_audit, routes_auth, routes_cases, routes_dashboard

@@ -7,9 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from tests.workbench.test_api import (  # noqa: F401 - fixtures
-    Bench, fast_passwords, make_bench, password, redis_server, wb,
-)
+from tests.workbench.bench import Bench
 from workbench import auth
 from workbench.models import WebSession, utcnow
 
