@@ -16,7 +16,7 @@ False
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
@@ -81,6 +81,7 @@ class Verdict:
     ok: bool
     first_bad_id: int | None = None
     problem: str | None = None
+    head: str = field(default=GENESIS, compare=False)  # the last row's hash: kept elsewhere, it reveals removed last rows
 
 
 def _rows(session: Session, batch: int = 5000) -> Iterator[AuditRow]:
@@ -104,4 +105,4 @@ def verify(session: Session) -> Verdict:
         if chain_hash(prev, _content(row)) != row.hash:
             return Verdict(n, False, row.id, "its content does not match its hash (the row was edited)")
         prev = row.hash
-    return Verdict(n, True)
+    return Verdict(n, True, head=prev)

@@ -141,7 +141,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     with db.sessions() as s:
         verdict = audit.verify(s)
     if verdict.ok:
-        print(f"audit trail intact: {verdict.rows:,} rows, every hash and link matches")
+        print(f"audit trail intact: {verdict.rows:,} rows, every hash and link matches; head {verdict.head}")
         return 0
     print(f"txwatch: error: audit trail broken at row {verdict.first_bad_id}: {verdict.problem}", file=sys.stderr)
     return 1

@@ -234,3 +234,14 @@ def test_concurrent_appends_keep_the_chain_linear_on_sqlite(db):
     # the embedded default: a web server's threads share one SQLite file
     assert _concurrent_appends(db) == []
     assert _verify(db) == audit.Verdict(100, True)
+
+
+def test_removing_the_last_rows_changes_the_head_an_operator_kept(db, database_url):
+    """A truncated chain still verifies; its head hash is what gives it away."""
+    ids = _append(db, 4)
+    head = _verify(db).head
+    with db.sessions() as s:
+        assert head == s.get(AuditRow, ids[-1]).hash
+    _bypass(db, f"DELETE FROM audit WHERE id = {ids[-1]}")
+    verdict = _verify(db)
+    assert verdict.ok and verdict.rows == 3 and verdict.head != head
