@@ -72,7 +72,7 @@ def models_student(models):
 
 
 # -- a real headless Chromium (the workbench's browser tests) ---------------------------------
-# ``chromium_browser`` (session): Debian's chromium driven by Playwright, headless; if it is
+# ``chromium_browser`` (module): Debian's chromium driven by Playwright, headless; if it is
 # missing the tests that use it fail, saying what to install, unless TXWATCH_SKIP_BROWSER=1
 # (then they skip). ``browser_page``: a page in a browser context of the test's own.
 
@@ -93,7 +93,9 @@ def _no_browser(reason: str):
     pytest.fail(f"{reason}; set TXWATCH_SKIP_BROWSER=1 to skip the browser tests instead", pytrace=False)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop on the main thread while
+# it is open, and every later test that calls asyncio.run() would fail under it.
+@pytest.fixture(scope="module")
 def chromium_browser():
     """A headless Chromium (Debian's package) as a Playwright ``Browser``."""
     executable = chromium_path()
