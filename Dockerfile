@@ -7,6 +7,7 @@ COPY training ./training
 COPY txwatch ./txwatch
 COPY export ./export
 COPY workbench ./workbench
+COPY lifecycle ./lifecycle
 RUN pip install --no-cache-dir . && useradd --create-home txwatch
 USER txwatch
 ENTRYPOINT ["txwatch"]

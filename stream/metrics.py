@@ -30,6 +30,11 @@ class WorkerMetrics:
         self.retries = Counter("txwatch_redis_retries_total", "Failed Redis writes that were retried", registry=r)
         self.reloads = Counter("txwatch_model_reloads_total", "Model reload attempts", ["result"], registry=r)
         self.model = Gauge("txwatch_model_info", "Serving model version", ["version"], registry=r)
+        self.drift_psi = Gauge("txwatch_drift_psi", "PSI of a feature in the last drift window against the "
+                               "model's reference profile", ["feature"], registry=r)
+        self.score_psi = Gauge("txwatch_drift_score_psi", "PSI of the score in the last drift window", registry=r)
+        self.alert_rate = Gauge("txwatch_alert_rate", "Alerts per scored event in the last drift window", registry=r)
+        self.alert_rate_target = Gauge("txwatch_alert_rate_target", "The serving model's alert-rate target", registry=r)
         self._last = (time.monotonic(), 0.0)
 
     def serve(self, port: int) -> None:
@@ -41,6 +46,16 @@ class WorkerMetrics:
         """Record the serving model version (one series with value 1)."""
         self.model.clear()
         self.model.labels(version=version).set(1)
+
+    def observe_drift(self, rep: dict) -> None:
+        """Export a drift window's report (:func:`stream.core.drift.report`) as gauges."""
+        for name, f in rep["features"].items():
+            self.drift_psi.labels(feature=name).set(f["psi"])
+        self.score_psi.set(rep["score_psi"])
+        if rep["alert_rate"] is not None:
+            self.alert_rate.set(rep["alert_rate"])
+        if rep["alert_rate_target"] is not None:
+            self.alert_rate_target.set(rep["alert_rate_target"])
 
     def value(self, counter: Counter, **labels) -> float:
         """Current value of a counter (for logs and tests)."""

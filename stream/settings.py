@@ -61,6 +61,10 @@ class Settings(BaseSettings):
                                        "cut to it (headers keep the full size and sha256; the source offset "
                                        "points at the original); keep it under the broker's message.max.bytes")
 
+    drift_window_s: float = Field(60.0, ge=0, description="drift: each worker counts every feature's and the "
+                                  "score's histogram against the model's reference profile and adds it to Redis once "
+                                  "per window of this many seconds (0: off); txwatch drift reads them")
+
     # -- Operations ---------------------------------------------------------------------
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     log_interval_s: float = Field(10.0, gt=0, description="period of the one-line progress log")

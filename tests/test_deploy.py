@@ -46,7 +46,7 @@ def test_every_txwatch_variable_is_a_real_setting():
 
 def test_dockerfile_installs_the_packages_it_copies():
     text = (ROOT / "Dockerfile").read_text()
-    for pkg in ("stream", "training", "txwatch", "export", "workbench"):
+    for pkg in ("stream", "training", "txwatch", "export", "workbench", "lifecycle"):
         assert f"COPY {pkg} ./{pkg}" in text
     assert 'ENTRYPOINT ["txwatch"]' in text
 

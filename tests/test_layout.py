@@ -36,9 +36,9 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_stream_never_imports_training_export_workbench_or_txwatch():
+def test_stream_never_imports_training_export_workbench_lifecycle_or_txwatch():
     offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p)
-                                                  if n.split(".")[0] in ("training", "txwatch", "export", "workbench"))
+                                                  if n.split(".")[0] in ("training", "txwatch", "export", "workbench", "lifecycle"))
                  for p in (ROOT / "stream").rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
 
@@ -62,7 +62,7 @@ def test_no_client_library_in_the_core_or_the_formats():
 
 
 def test_only_the_cli_reaches_the_benchmarks():
-    users = [str(p.relative_to(ROOT)) for base in ("stream", "training", "txwatch", "export", "workbench")
+    users = [str(p.relative_to(ROOT)) for base in ("stream", "training", "txwatch", "export", "workbench", "lifecycle")
              for p in (ROOT / base).rglob("*.py")
              if "bench" not in p.parts and any(n.startswith("txwatch.bench") for n in _imports(p))]
     assert users == ["txwatch/cli.py"], users

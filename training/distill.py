@@ -22,7 +22,10 @@ coefficient to its sign. Platt scaling with a positive slope keeps the direction
 Every family is fitted, compared on the validation period, and the best by validation
 AUPRC becomes the artifact (``--family`` forces one). The student's raw score is then
 calibrated by Platt scaling on validation labels, and the alert threshold is chosen on the
-calibrated validation scores for the configured target (alert rate or precision).
+calibrated validation scores for the configured target (alert rate or precision). The
+artifact also carries the student's reference profile (``profile.json``,
+:mod:`stream.scoring.profile`): training-period feature bins, the validation score
+histogram and alert rate, and its fidelity to the teacher.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from sklearn.linear_model import LogisticRegression
 
 from stream.errors import DataError
 from stream.scoring.artifact import sha256_bytes, utc_now, version_stamp, write_artifact
+from stream.scoring.profile import PROFILE_FILE, build_profile, fidelity, profile_bytes
 from stream.scoring.student import STUDENT_FILE, Student, student_payload_bytes
 from training import metrics as M
 from training.dataset import TEST, TRAIN, VALID, Dataset
@@ -313,6 +317,14 @@ def distill(ds: Dataset, teacher: Teacher, out_dir: str | os.PathLike, *,
     trainer, payload, student = fitted[chosen]
     p_val = student.score(X_val)
     threshold = choose_threshold(y_val, p_val, alert_rate=alert_rate, precision=precision)
+    # The reference profile the worker measures drift against: training-period rows (not
+    # the augmented ones), the calibrated validation scores, agreement with the teacher.
+    valid_alert_rate = threshold.get("valid", {}).get("alert_rate")
+    if valid_alert_rate is None:
+        valid_alert_rate = float(np.mean(p_val >= threshold["value"]))
+    profile = build_profile(X_tr, ds.feature_names, p_val, threshold=threshold["value"],
+                            alert_rate=valid_alert_rate, alert_rate_target=threshold["target"].get("alert_rate"),
+                            fidelity=fidelity(p_val, teacher.score(X_val)))
     p_te = student.score(X_te)
     teacher_p_te = teacher.score(X_te)
     body = student_payload_bytes(payload)
@@ -330,6 +342,8 @@ def distill(ds: Dataset, teacher: Teacher, out_dir: str | os.PathLike, *,
         "threshold": threshold,
         "monotone": as_manifest(monotone),
         "size": {"trees": student.n_trees, "leaves": student.n_leaves, "bytes": len(body)},
+        "profile": {"file": PROFILE_FILE, "fidelity": profile.to_dict()["fidelity"],
+                    "alert_rate": profile.alert_rate},
         "metrics": {
             "comparison": results,
             "test": {"student": M.summarize(y_te, p_te, threshold["value"]),
@@ -337,7 +351,7 @@ def distill(ds: Dataset, teacher: Teacher, out_dir: str | os.PathLike, *,
                      "spearman_to_teacher": M.spearman(t_te, student.raw(X_te))},
         },
     }
-    write_artifact(out_dir, {STUDENT_FILE: body}, manifest)
+    write_artifact(out_dir, {STUDENT_FILE: body, PROFILE_FILE: profile_bytes(profile)}, manifest)
     log(f"chose {chosen}: test AUPRC student {manifest['metrics']['test']['student']['auprc']:.4f} "
         f"vs teacher {manifest['metrics']['test']['teacher_auprc']:.4f}; threshold "
         f"{threshold['value']:.4f} for {threshold['target']}")

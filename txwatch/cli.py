@@ -42,6 +42,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return value
+
+
 def _unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -316,6 +323,61 @@ def cmd_alerts(a: argparse.Namespace) -> int:
     return 0
 
 
+def _model_registry():
+    """``(settings, Redis client)`` for the served-model registry; a clear error without Redis."""
+    from stream.adapters.redis_store import redis_client
+    from stream.settings import load_settings
+
+    settings = load_settings()
+    if not settings.redis_url:
+        raise TxwatchError("set TXWATCH_REDIS_URL: the served model's pointer and history live in Redis")
+    return settings, redis_client(settings)
+
+
+def cmd_drift(a: argparse.Namespace) -> int:
+    from lifecycle.drift import Alarms, run
+    from stream.settings import load_settings
+
+    settings = load_settings()
+    if not settings.redis_url:
+        raise TxwatchError("set TXWATCH_REDIS_URL to the Redis the workers write to")
+    alarms = Alarms(feature_psi=a.feature_psi, score_psi=a.score_psi, alert_rate_ratio=a.alert_rate_ratio,
+                    min_rows=a.min_rows)
+    report, status = run(settings, model_dir=a.model, minutes=a.minutes, alarms=alarms, report_dir=a.report)
+    _print_json(report)
+    for alarm in report["alarms"]:
+        print(f"txwatch: drift: {alarm}", file=sys.stderr)
+    return status
+
+
+def cmd_promote(a: argparse.Namespace) -> int:
+    import os
+
+    from lifecycle.promote import promote, rollback
+
+    who, why = os.environ.get("USER") or "cli", a.why or ""
+    if a.rollback:
+        if a.dir or a.events or a.new_teacher:
+            raise TxwatchError("--rollback takes no DIR, --events or --new-teacher")
+        settings, client = _model_registry()
+        _print_json(rollback(client, settings.redis_prefix, settings.model_dir, who=who, why=why))
+        return 0
+    if not a.dir or not a.events:
+        raise TxwatchError("promote needs DIR and --events FILE (or --rollback)")
+    settings, client = _model_registry()
+    _print_json(promote(client, settings.redis_prefix, settings.model_dir, a.dir, events_path=a.events, who=who,
+                        why=why, tolerance=a.tolerance, new_teacher=a.new_teacher, period=a.period))
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from lifecycle.promote import status
+
+    settings, client = _model_registry()
+    _print_json(status(client, settings.redis_prefix, settings.model_dir, n=a.limit))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,6 +481,35 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("alerts", help="newest alerts from Redis as JSON lines (TXWATCH_REDIS_URL)")
     al.add_argument("--limit", type=_positive_int, default=20, help="how many (default 20)")
     al.set_defaults(func=cmd_alerts)
+
+    dr = sub.add_parser("drift", help="the served model's drift against its reference profile (JSON; exit 1 on an alarm)")
+    dr.add_argument("--model", help="model directory (default: the one the workers serve)")
+    dr.add_argument("--minutes", type=_positive_float, default=60.0, help="how far back to sum windows (default 60)")
+    dr.add_argument("--feature-psi", type=_positive_float, default=0.25, help="alarm past this PSI on a feature (default 0.25)")
+    dr.add_argument("--score-psi", type=_positive_float, default=0.25, help="alarm past this PSI on the score (default 0.25)")
+    dr.add_argument("--alert-rate-ratio", type=_positive_float, default=2.0,
+                    help="alarm when the alert rate is more than this many times the reference, or under 1/this (default 2)")
+    dr.add_argument("--min-rows", type=int, default=1000, help="no alarm on fewer scored events (default 1000)")
+    dr.add_argument("--report", help="also write report.md with PNG plots to this directory")
+    dr.set_defaults(func=cmd_drift)
+
+    pr = sub.add_parser("promote", help="gate a student and serve it (Redis pointer + history), or --rollback")
+    pr.add_argument("dir", nargs="?", metavar="DIR", help="candidate student artifact directory")
+    pr.add_argument("--events", help="recent events; the period's rows measure fidelity to the teacher")
+    pr.add_argument("--why", help="reason, kept in the history record")
+    pr.add_argument("--tolerance", type=_non_negative_float, default=0.05,
+                    help="how far live fidelity may fall below the profile's (default 0.05)")
+    pr.add_argument("--new-teacher", action="store_true", help="the candidate's teacher may differ from the served one's")
+    pr.add_argument("--period", default="test", choices=("test", "valid", "train", "all"),
+                    help="rows of --events to measure on (default test: the latest days)")
+    pr.add_argument("--rollback", action="store_true", help="serve again the model the newest promotion replaced")
+    pr.set_defaults(func=cmd_promote)
+
+    mo = sub.add_parser("models", help="the served model and its history (TXWATCH_REDIS_URL)")
+    mosub = mo.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    ms = mosub.add_parser("status", help="served directory and version, newest history records, as JSON")
+    ms.add_argument("--limit", type=_positive_int, default=10, help="history records (default 10)")
+    mo.set_defaults(func=cmd_models)
 
     ex = sub.add_parser("export", help="the student as ONNX or as an integer-only model with a C evaluator, verified")
     ex.add_argument("--model", required=True, help="student artifact directory")

@@ -13,10 +13,20 @@ import redis
 
 from stream.errors import ArtifactError
 from stream.metrics import WorkerMetrics
+from stream.scoring.profile import Profile, load_profile
 from stream.scoring.student import Student, load_student
 from stream.settings import Settings
 
 log = logging.getLogger("txwatch.worker")
+
+
+def pointer_key(prefix: str) -> str:
+    """The Redis key naming the directory the workers serve (``txwatch promote`` sets it).
+
+    >>> pointer_key("txwatch")
+    'txwatch:model:dir'
+    """
+    return f"{prefix}:model:dir"
 
 
 class ModelWatcher:
@@ -31,9 +41,10 @@ class ModelWatcher:
         self.settings = settings
         self.client = client
         self.metrics = metrics
-        self.pointer_key = f"{settings.redis_prefix}:model:dir"
+        self.pointer_key = pointer_key(settings.redis_prefix)
         self.dir = settings.model_dir
         self._stamp: tuple | None = None
+        self.profile: Profile | None = None   # the serving model's reference profile (drift)
 
     def _target(self) -> str:
         if self.client is not None:
@@ -57,6 +68,7 @@ class ModelWatcher:
         """The model to start with; ``ArtifactError`` if it is not valid."""
         self.dir = self._target()
         student = load_student(self.dir)
+        self.profile = _profile(self.dir)
         self._stamp = self._fingerprint(self.dir)
         self.metrics.set_model(student.version)
         self.metrics.reloads.labels(result="ok").inc()
@@ -76,7 +88,17 @@ class ModelWatcher:
             log.error("model reload refused, keeping the current model: %s", exc)
             return None
         self.dir = target
+        self.profile = _profile(target)
         self.metrics.reloads.labels(result="ok").inc()
         self.metrics.set_model(student.version)
         log.info("model reloaded: %s from %s", student.version, target)
         return student
+
+
+def _profile(directory: str) -> Profile | None:
+    """The artifact's reference profile, or None (drift is then not counted) with the reason logged."""
+    try:
+        return load_profile(directory)
+    except ArtifactError as exc:
+        log.warning("no drift counting for this model: %s", exc)
+        return None

@@ -18,6 +18,9 @@ key                                 type    contents
 ``P:{t:p}:outbox``                  hash    batch end offset -> the batch's Kafka messages, until
                                             Kafka acknowledged them (stream.core.outbox)
 ``P:partitions``                    set     every ``t:p`` that has written (to find the keys)
+``P:drift:<version>:<start>``       hash    one drift window's counters, summed over workers
+                                            (stream.core.drift); TTL ``DRIFT_TTL_S``
+``P:drift:windows:<version>``       zset    the window start times of a model version
 ``P:alerts:live``                   pubsub  channel: each new alert as JSON
 ==================================  ======  ==================================================
 
@@ -40,11 +43,14 @@ import orjson
 import redis
 from redis.exceptions import NoScriptError
 
+from stream.core.drift import DriftWindow, window_fields
 from stream.core.pipeline import BatchResult
 from stream.core.ports import FenceError
 from stream.errors import ServiceUnavailable
 from stream.events.alerts import HASH_FIELDS, alert_hash, decode_alert_hash
 from stream.settings import Settings
+
+DRIFT_TTL_S = 8 * 86_400  # drift windows are kept a week and a day
 
 # What "Redis is not reachable right now" looks like from redis-py; reported to the core
 # as ServiceUnavailable, which it retries.
@@ -182,6 +188,38 @@ class RedisStore:
         if ids:
             with _reachable("outbox clear"):
                 self.client.hdel(self.key(pkey, "outbox"), *[str(i) for i in ids])
+
+    # -- drift windows -------------------------------------------------------------------
+    def drift_key(self, version: str, start_s: int) -> str:
+        """The hash of one drift window of a model version."""
+        return f"{self.config.prefix}:drift:{version}:{start_s}"
+
+    def drift_windows_key(self, version: str) -> str:
+        """The sorted set of a model version's drift window starts."""
+        return f"{self.config.prefix}:drift:windows:{version}"
+
+    def record_drift(self, window: DriftWindow) -> None:
+        """Add a worker's window to the stored one (HINCRBY each counter; one round trip)."""
+        key = self.drift_key(window.model_version, window.start_s)
+        with _reachable("drift write"):
+            pipe = self.client.pipeline(transaction=False)
+            for name, n in window_fields(window).items():
+                pipe.hincrby(key, name, n)
+            pipe.expire(key, DRIFT_TTL_S)
+            wkey = self.drift_windows_key(window.model_version)
+            pipe.zadd(wkey, {str(window.start_s): window.start_s})
+            pipe.zremrangebyscore(wkey, "-inf", window.start_s - DRIFT_TTL_S)
+            pipe.expire(wkey, DRIFT_TTL_S)
+            pipe.execute()
+
+    def drift_since(self, version: str, since_s: int) -> list[tuple[int, dict]]:
+        """``(start, counters)`` of a model version's windows that started at or after ``since_s``."""
+        with _reachable("drift read"):
+            starts = [int(float(x)) for x in self.client.zrangebyscore(self.drift_windows_key(version), since_s, "+inf")]
+            pipe = self.client.pipeline(transaction=False)
+            for start in starts:
+                pipe.hgetall(self.drift_key(version, start))
+            return [(start, h) for start, h in zip(starts, pipe.execute()) if h]
 
     def alert_ids(self, pkey: str) -> list[str]:
         """Event ids of a partition's alerts in event-time order."""

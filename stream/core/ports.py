@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
 from stream.errors import TxwatchError
 
 if TYPE_CHECKING:
+    from stream.core.drift import DriftWindow
     from stream.core.pipeline import BatchResult
+    from stream.scoring.profile import Profile
     from stream.scoring.student import Student
 
 
@@ -73,6 +75,19 @@ class ModelSource(Protocol):
 
     def poll(self) -> "Student | None":
         """A newly verified model if it changed since the last poll, else None."""
+        ...
+
+    @property
+    def profile(self) -> "Profile | None":
+        """The serving model's reference profile (None: drift is not counted for it)."""
+        ...
+
+
+class DriftSink(Protocol):
+    """Where a worker's drift windows go (added to what other workers counted)."""
+
+    def record_drift(self, window: "DriftWindow") -> None:
+        """Add one window's counts; ``ServiceUnavailable`` if the store is not reachable."""
         ...
 
 

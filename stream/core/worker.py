@@ -29,7 +29,8 @@ import orjson
 
 from stream.core import outbox
 from stream.core.pipeline import BatchResult, Pipeline, partition_key
-from stream.core.ports import FenceError, ModelSource, Publish, Record, StateStore
+from stream.core.drift import DriftCounter, report
+from stream.core.ports import DriftSink, FenceError, ModelSource, Publish, Record, StateStore
 from stream.errors import ServiceUnavailable
 from stream.events.alerts import alert_message
 from stream.events.deadletters import dead_letter_record
@@ -57,7 +58,8 @@ class WorkerCore:
     """Batch handling shared by the runners."""
 
     def __init__(self, settings: Settings, store: StateStore, student: Student, publish: Publish,
-                 metrics: WorkerMetrics | None = None, watcher: ModelSource | None = None) -> None:
+                 metrics: WorkerMetrics | None = None, watcher: ModelSource | None = None,
+                 drift_sink: DriftSink | None = None) -> None:
         self.settings = settings
         self.store = store
         self.publish = publish
@@ -69,6 +71,9 @@ class WorkerCore:
         self._next_log = time.monotonic() + settings.log_interval_s
         self._publishing: list[asyncio.Future] = []   # publishes of persisted batches in flight
         self._drained: set[str] = set()               # partitions whose outbox was read since they came
+        self.drift_sink = drift_sink
+        self.drift: DriftCounter | None = None
+        self._start_drift(student)
         fail = settings.failpoint
         self._fail_after = int(fail.split(":", 1)[1]) if fail.startswith("exit-after-redis-commit:") else None
 
@@ -76,6 +81,28 @@ class WorkerCore:
     def student(self) -> Student:
         """The serving model."""
         return self.pipeline.student
+
+    def _start_drift(self, student: Student) -> None:
+        """Count drift for ``student`` (when it has a reference profile and a sink is set)."""
+        profile = getattr(self.watcher, "profile", None)
+        on = self.drift_sink is not None and profile is not None and self.settings.drift_window_s > 0
+        self.drift = DriftCounter(profile, student.version, self.settings.drift_window_s) if on else None
+
+    def _flush_drift(self, force: bool = False) -> None:
+        """Hand a finished window to the sink (a failed hand-over is kept and tried with the next)."""
+        if self.drift is None or not (force or self.drift.due()):
+            return
+        window = self.drift.take()
+        if window is None:
+            return
+        try:
+            self.drift_sink.record_drift(window)
+        except ServiceUnavailable as exc:
+            log.warning("drift window not stored (%s); kept for the next one", exc)
+            self.drift.restore(window)
+            return
+        self.metrics.observe_drift(report(self.drift.profile, window.rows, window.alerts, window.features,
+                                          window.score))
 
     def revoke(self, topic: str, partition: int) -> None:
         """Drop a revoked partition's cached states (and read its outbox again if it returns)."""
@@ -160,6 +187,11 @@ class WorkerCore:
         self._fail_point()
         await self._publish_after_commit([result for result, _, _ in done], messages)
         self._count(done)
+        if self.drift is not None:
+            for result, _, _ in done:
+                if result.scored:
+                    self.drift.add(result.features, result.score_array, len(result.alerts))
+            self._flush_drift()
         self._maybe_log()
         return [result for result, _, _ in done]
 
@@ -242,8 +274,9 @@ class WorkerCore:
                     m.latency.observe(max(now - ts / 1000.0, 0.0))
 
     def idle(self) -> None:
-        """Housekeeping when no records arrive: model checks and the progress line go on."""
+        """Housekeeping when no records arrive: model checks, drift windows and the progress line go on."""
         self._maybe_reload()
+        self._flush_drift()
         self._maybe_log()
 
     def _maybe_reload(self) -> None:
@@ -252,7 +285,9 @@ class WorkerCore:
         self._next_poll = time.monotonic() + self.settings.model_poll_s
         new = self.watcher.poll()
         if new is not None:
+            self._flush_drift(force=True)  # the old model's counts belong to its own windows
             self.pipeline.student = new
+            self._start_drift(new)
 
     def _maybe_log(self) -> None:
         if time.monotonic() >= self._next_log:

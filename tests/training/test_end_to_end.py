@@ -42,7 +42,7 @@ def test_student_manifest_is_complete(models):
         assert key in m, key
     assert m["feature_schema_hash"] == FEATURE_SCHEMA_HASH
     assert len(m["training_data"]["sha256"]) == 64
-    assert set(m["files"]) == {"student.json"}
+    assert set(m["files"]) == {"student.json", "profile.json"}
     assert 0.0 < m["threshold"]["value"] < 1.0 and m["threshold"]["target"] == {"alert_rate": 0.01}
     assert set(m["metrics"]["comparison"]) == {"trees", "linear"}
 
