@@ -83,6 +83,27 @@ def _interrupt(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _start(stack: ExitStack, args: list[str], env: dict, log_path: Path, stop_s: float) -> subprocess.Popen:
+    """``txwatch ARGS`` as a child process logging to ``log_path``; it gets SIGTERM when the
+    demo ends (or dies: the parent-death signal), and SIGKILL after ``stop_s`` more seconds."""
+    from txwatch.local.embedded import die_with_parent
+
+    log = open(log_path, "wb")
+    stack.callback(log.close)
+    proc = subprocess.Popen([sys.executable, "-m", "txwatch", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(stop_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    stack.callback(stop)
+    return proc
+
+
 def _run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str, runner: str,
               rate: float, teacher_trees: int, keep: bool, log: Callable[[str], None]) -> dict:
     from stream.adapters.kafka import ensure_topics
@@ -108,7 +129,7 @@ def _run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str,
             red = stack.enter_context(EmbeddedRedis())
             overrides["redis_url"] = red.url
             log(f"embedded Redis on {red.url}")
-        from txwatch.local.embedded import die_with_parent, free_port
+        from txwatch.local.embedded import free_port
 
         settings = load_settings(model_dir=str(work / "student"), metrics_port=free_port(), **overrides)
 
@@ -136,22 +157,9 @@ def _run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str,
         env = dict(os.environ, TXWATCH_KAFKA_URL=settings.kafka_url, TXWATCH_REDIS_URL=settings.redis_url,
                    TXWATCH_MODEL_DIR=settings.model_dir, TXWATCH_METRICS_PORT=str(settings.metrics_port),
                    TXWATCH_SESSION_TIMEOUT_S="6", TXWATCH_REBALANCE_TIMEOUT_S="6")
-        worker_log = open(work / "worker.log", "wb")
-        stack.callback(worker_log.close)
         # The worker, like the servers, gets SIGTERM if the demo dies (and then stops within
         # its shutdown bound, broker or not).
-        worker = subprocess.Popen([sys.executable, "-m", "txwatch", "worker", "--runner", runner], env=env,
-                                  stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  preexec_fn=die_with_parent)
-
-        def stop_worker() -> None:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(15)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-        stack.callback(stop_worker)
+        worker = _start(stack, ["worker", "--runner", runner], env, work / "worker.log", stop_s=15)
         log(f"worker started ({runner} runner, pid {worker.pid}, log {work / 'worker.log'}; "
             f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics)")
 
@@ -226,7 +234,7 @@ def _start_workbench(stack: ExitStack, settings: Settings, work: Path, log: Call
     import secrets
     import urllib.request
 
-    from txwatch.local.embedded import die_with_parent, free_port
+    from txwatch.local.embedded import free_port
     from workbench import audit, auth
     from workbench.db import Database
 
@@ -247,19 +255,7 @@ def _start_workbench(stack: ExitStack, settings: Settings, work: Path, log: Call
     port = free_port()
     env = {**os.environ, **settings.to_env(), "TXWATCH_DATABASE_URL": db_url, "TXWATCH_UI_PORT": str(port),
            "TXWATCH_UI_HOST": "127.0.0.1"}
-    ui_log = open(work / "workbench.log", "wb")
-    stack.callback(ui_log.close)
-    ui = subprocess.Popen([sys.executable, "-m", "txwatch", "ui"], env=env, stdout=ui_log, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-
-    def stop_ui() -> None:
-        if ui.poll() is None:
-            ui.send_signal(signal.SIGTERM)
-            try:
-                ui.wait(10)
-            except subprocess.TimeoutExpired:
-                ui.kill()
-    stack.callback(stop_ui)
+    ui = _start(stack, ["ui"], env, work / "workbench.log", stop_s=10)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 30
     while True:

@@ -286,16 +286,22 @@ def _close(case: Case, now: datetime) -> None:
     case.lock_expires_at = None
 
 
-def approve(session: Session, case_id: int, note: str | None, actor: Actor, policy: Policy) -> Case:
-    """An approver other than the case's reviewer closes a case waiting for approval."""
+def _second_person(session: Session, case_id: int, note: str | None,
+                   actor: Actor) -> tuple[str, datetime, Case, dict[str, Any]]:
+    """A case waiting for approval, taken up by someone other than its reviewer (four-eyes):
+    ``(note, now, case, its brief before)``."""
     text = _note(note)
-    now = utcnow()
     case = _case(session, case_id)
     if case.status != "pending_approval":
         raise Conflict(f"case {case.id} is not waiting for approval (it is {case.status.replace('_', ' ')})")
     if case.decided_by == actor.user.id:
-        raise Forbidden("four-eyes: a case is approved by someone other than the reviewer who decided it")
-    before = case_brief(case)
+        raise Forbidden("four-eyes: a case is approved or sent back by someone other than the reviewer who decided it")
+    return text, utcnow(), case, case_brief(case)
+
+
+def approve(session: Session, case_id: int, note: str | None, actor: Actor, policy: Policy) -> Case:
+    """An approver other than the case's reviewer closes a case waiting for approval."""
+    text, now, case, before = _second_person(session, case_id, note, actor)
     decided, alerts = _case_decided(session, case)
     for alert in alerts:  # the decision takes effect now: labels and rating
         _take_effect(session, case, alert, decided.user.username, decided.note, policy, now)
@@ -311,14 +317,7 @@ def approve(session: Session, case_id: int, note: str | None, actor: Actor, poli
 
 def reject(session: Session, case_id: int, note: str | None, actor: Actor, policy: Policy) -> Case:
     """An approver sends a case waiting for approval back to its reviewer, with a note."""
-    text = _note(note)
-    now = utcnow()
-    case = _case(session, case_id)
-    if case.status != "pending_approval":
-        raise Conflict(f"case {case.id} is not waiting for approval")
-    if case.decided_by == actor.user.id:
-        raise Forbidden("four-eyes: the reviewer who decided a case cannot reject their own decision either")
-    before = case_brief(case)
+    text, now, case, before = _second_person(session, case_id, note, actor)
     # The alerts that took the rejected case disposition (not one of their own) are undecided
     # again (it never took effect: no label, no rating), so the next disposition decides them.
     _, sent_back = _case_decided(session, case)

@@ -24,6 +24,11 @@ def _db(settings=None):
     return Database.from_settings(settings or _settings())
 
 
+def _cli_actor() -> str:
+    """Who acts from the command line, as the audit trail names them."""
+    return f"cli:{os.environ.get('USER') or 'cli'}"
+
+
 def _kafka_sender(settings) -> tuple[Callable[[str, bytes, bytes], None] | None, Callable[[], None]]:
     """A Kafka send function for the outbox publisher, and its close; (None, noop) without Kafka."""
     if not settings.kafka_url:
@@ -97,11 +102,11 @@ def cmd_users(a: argparse.Namespace) -> int:
     from workbench.models import ROLES, User
 
     db = _db()
-    actor = os.environ.get("USER") or "cli"
+    actor = _cli_actor()
     with db.transaction() as s:
         if a.action == "add":
             user = auth.create_user(s, a.name, _password(a), a.role)
-            audit.record(s, f"cli:{actor}", "user_add", "user", user.username, after={"role": user.role})
+            audit.record(s, actor, "user_add", "user", user.username, after={"role": user.role})
             print(f"user {user.username} ({user.role}) added")
         elif a.action == "list":
             for u in s.query(User).order_by(User.username):
@@ -123,10 +128,10 @@ def cmd_users(a: argparse.Namespace) -> int:
                 user.password_hash = auth.hash_password(_password(a))
             elif a.action == "token":
                 secret = auth.issue_token(s, user, a.token_name)
-                audit.record(s, f"cli:{actor}", "token_issue", "user", user.username, after={"name": a.token_name})
+                audit.record(s, actor, "token_issue", "user", user.username, after={"name": a.token_name})
                 print(secret)
                 return 0
-            audit.record(s, f"cli:{actor}", f"user_{a.action}", "user", user.username, before=before,
+            audit.record(s, actor, f"user_{a.action}", "user", user.username, before=before,
                          after={"role": user.role, "active": user.active})
             print(f"user {user.username}: {a.action} done")
     return 0
@@ -237,7 +242,7 @@ def cmd_webhooks(a: argparse.Namespace) -> int:
             hook = Webhook(url=a.url, secret=a.secret or secrets.token_hex(24), active=True)
             s.add(hook)
             s.flush()
-            audit.record(s, f"cli:{os.environ.get('USER') or 'cli'}", "webhook_add", "webhook", hook.id,
+            audit.record(s, _cli_actor(), "webhook_add", "webhook", hook.id,
                          after={"url": a.url})
             print(f"webhook {hook.id} -> {hook.url}; secret {hook.secret}")
         elif a.action == "list":
@@ -248,7 +253,7 @@ def cmd_webhooks(a: argparse.Namespace) -> int:
             if hook is None:
                 raise TxwatchError(f"no webhook {a.id}")
             hook.active = False
-            audit.record(s, f"cli:{os.environ.get('USER') or 'cli'}", "webhook_remove", "webhook", hook.id)
+            audit.record(s, _cli_actor(), "webhook_remove", "webhook", hook.id)
             print(f"webhook {hook.id} removed")
     return 0
 

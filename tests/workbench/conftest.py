@@ -58,6 +58,17 @@ def database_url(request, tmp_path) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def db(database_url):
+    """The workbench database of this test (``database_url``), migrated; disposed at the end."""
+    from workbench.db import Database, make_engine, migrate
+
+    d = Database(make_engine(database_url))
+    migrate(d.engine)
+    yield d
+    d.dispose()
+
+
 # -- the workbench bench (tests/workbench/bench.py) ------------------------------------------
 
 @pytest.fixture(scope="module")

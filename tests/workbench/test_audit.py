@@ -11,16 +11,8 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from workbench import audit
-from workbench.db import Database, make_engine, migrate
+from workbench.db import Database
 from workbench.models import AuditRow
-
-
-@pytest.fixture
-def db(database_url):
-    d = Database(make_engine(database_url))
-    migrate(d.engine)
-    yield d
-    d.dispose()
 
 
 def _append(db: Database, n: int, start: int = 0) -> list[int]:

@@ -19,7 +19,6 @@ from training.simulate import simulate
 from txwatch.local.embedded import EmbeddedKafka
 from workbench import auth, cases, outbox
 from workbench.builder import BuildStats, add_alert
-from workbench.db import Database, make_engine, migrate
 from workbench.models import AlertRecord, Case, Decision, OutboxMessage
 
 pytestmark = [pytest.mark.filterwarnings("ignore:read_text is deprecated:DeprecationWarning"),
@@ -39,21 +38,6 @@ def history(tmp_path_factory):
     path = tmp_path_factory.mktemp("labels-flow") / "events.jsonl"
     write_events(path, events)
     return path, events
-
-
-@pytest.fixture
-def db(database_url):
-    d = Database(make_engine(database_url))
-    migrate(d.engine)
-    yield d
-    d.dispose()
-
-
-@pytest.fixture
-def fast_passwords(monkeypatch):
-    from argon2 import PasswordHasher
-
-    monkeypatch.setattr(auth, "_HASHER", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 def alert_hash(event: dict, score: float, created_ms: int) -> dict:

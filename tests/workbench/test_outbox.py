@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from stream.events.labels import decode, encode, label_record
 from workbench import outbox
-from workbench.db import Database, make_engine, migrate
+from workbench.db import Database
 from workbench.models import OutboxMessage, Webhook, utcnow
 from txwatch.local.embedded import EmbeddedKafka, free_port
 
@@ -74,14 +74,6 @@ class HookServer:
 def hooks():
     with HookServer() as h:
         yield h
-
-
-@pytest.fixture
-def db(database_url):
-    d = Database(make_engine(database_url))
-    migrate(d.engine)
-    yield d
-    d.dispose()
 
 
 class Clock:

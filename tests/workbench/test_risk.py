@@ -163,15 +163,6 @@ def test_score_always_in_unit_interval(steps):
 
 # -- stored ratings and overrides (both databases) -----------------------------------------------
 
-@pytest.fixture
-def db(database_url):
-    from workbench.db import Database, make_engine, migrate
-
-    d = Database(make_engine(database_url))
-    migrate(d.engine)
-    yield d
-    d.dispose()
-
 
 @pytest.fixture
 def fast_passwords(monkeypatch):
