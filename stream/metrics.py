@@ -35,6 +35,8 @@ class WorkerMetrics:
         self.score_psi = Gauge("txwatch_drift_score_psi", "PSI of the score in the last drift window", registry=r)
         self.alert_rate = Gauge("txwatch_alert_rate", "Alerts per scored event in the last drift window", registry=r)
         self.alert_rate_target = Gauge("txwatch_alert_rate_target", "The serving model's alert-rate target", registry=r)
+        self.threshold = Gauge("txwatch_alert_threshold", "The alert threshold in force (alert-rate control moves it)",
+                               registry=r)
         self._last = (time.monotonic(), 0.0)
 
     def serve(self, port: int) -> None:

@@ -65,6 +65,16 @@ class Settings(BaseSettings):
                                   "score's histogram against the model's reference profile and adds it to Redis once "
                                   "per window of this many seconds (0: off); txwatch drift reads them")
 
+    rate_control_target: float = Field(0.0, ge=0, lt=1, description="alert-rate control: hold the alert rate near "
+                                       "this share of scored events by moving the threshold (0: off, the model's "
+                                       "stored threshold is used as is); see rate_control_*")
+    rate_control_bounds: str = Field("0.5,2.0", description="alert-rate control: the lowest and highest threshold, as "
+                                     "factors of the model's stored threshold (the highest is capped at 1)")
+    rate_control_window: int = Field(20_000, ge=100, description="alert-rate control: recent scores the quantile is "
+                                     "taken over")
+    rate_control_every: int = Field(2_000, ge=1, description="alert-rate control: scored events between moves of the "
+                                    "threshold")
+
     # -- Operations ---------------------------------------------------------------------
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     log_interval_s: float = Field(10.0, gt=0, description="period of the one-line progress log")
@@ -123,6 +133,23 @@ class Settings(BaseSettings):
         if v and not (name == "exit-after-redis-commit" and count.isdigit() and int(count) > 0):
             raise ValueError("must be empty or exit-after-redis-commit:N with N > 0")
         return v
+
+    @field_validator("rate_control_bounds")
+    @classmethod
+    def _bounds(cls, v: str) -> str:
+        try:
+            lo, hi = (float(x) for x in v.split(","))
+        except ValueError:
+            raise ValueError("must be two numbers, LOW,HIGH (factors of the model's threshold)") from None
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError("must be LOW,HIGH with 0 < LOW <= 1 <= HIGH")
+        return v
+
+    @property
+    def rate_control_factors(self) -> tuple[float, float]:
+        """``(low, high)`` of ``rate_control_bounds``."""
+        lo, hi = (float(x) for x in self.rate_control_bounds.split(","))
+        return lo, hi
 
     @field_validator("redis_url")
     @classmethod

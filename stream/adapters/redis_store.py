@@ -21,6 +21,8 @@ key                                 type    contents
 ``P:drift:<version>:<start>``       hash    one drift window's counters, summed over workers
                                             (stream.core.drift); TTL ``DRIFT_TTL_S``
 ``P:drift:windows:<version>``       zset    the window start times of a model version
+``P:threshold:changes``             list    alert-rate control's moves, newest first (JSON: at_ms,
+                                            model_version, old, new, why); the last 10,000
 ``P:alerts:live``                   pubsub  channel: each new alert as JSON
 ==================================  ======  ==================================================
 
@@ -45,6 +47,7 @@ from redis.exceptions import NoScriptError
 
 from stream.core.drift import DriftWindow, window_fields
 from stream.core.pipeline import BatchResult
+from stream.core.ratecontrol import ThresholdChange
 from stream.core.ports import FenceError
 from stream.errors import ServiceUnavailable
 from stream.events.alerts import HASH_FIELDS, alert_hash, decode_alert_hash
@@ -211,6 +214,24 @@ class RedisStore:
             pipe.zremrangebyscore(wkey, "-inf", window.start_s - DRIFT_TTL_S)
             pipe.expire(wkey, DRIFT_TTL_S)
             pipe.execute()
+
+    @property
+    def threshold_changes_key(self) -> str:
+        """The list of alert-rate control's threshold moves."""
+        return f"{self.config.prefix}:threshold:changes"
+
+    def record_threshold(self, change: ThresholdChange) -> None:
+        """Append one threshold move (newest first; the last 10,000 kept)."""
+        with _reachable("threshold change write"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.lpush(self.threshold_changes_key, orjson.dumps(change.as_dict()))
+            pipe.ltrim(self.threshold_changes_key, 0, 9_999)
+            pipe.execute()
+
+    def threshold_changes(self, n: int = 100) -> list[dict]:
+        """The newest ``n`` threshold moves."""
+        with _reachable("threshold change read"):
+            return [orjson.loads(x) for x in self.client.lrange(self.threshold_changes_key, 0, n - 1)]
 
     def drift_since(self, version: str, since_s: int) -> list[tuple[int, dict]]:
         """``(start, counters)`` of a model version's windows that started at or after ``since_s``."""

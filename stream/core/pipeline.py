@@ -79,6 +79,7 @@ class Pipeline:
         self.max_event_bytes = max_event_bytes
         self.source = source
         self.reasons_k = reasons_k
+        self.threshold: float | None = None   # set by alert-rate control; None: the model's own
         self.max_cached_accounts = max_cached_accounts
         self._parts: dict[str, _PartitionCache] = {}
         self._epochs: dict[str, int] = {}
@@ -177,14 +178,15 @@ class Pipeline:
         t0 = time.perf_counter()
         student = self.student
         scores = student.score(X)
-        hits = np.flatnonzero(scores >= student.threshold)
+        threshold = student.threshold if self.threshold is None else self.threshold
+        hits = np.flatnonzero(scores >= threshold)
         if len(hits):
             reasons = student.reasons(X[hits], self.reasons_k)
             names = student.feature_names
             for j, i in enumerate(hits):
                 ev = events[i]
                 result.alerts.append(Alert(ev.event_id, ev.account_id, ev.ts, float(scores[i]),
-                                           student.threshold, student.version, reasons[j],
+                                           threshold, student.version, reasons[j],
                                            ev.to_dict(), pkey, dict(zip(names, X[i].tolist()))))
         result.score_seconds = time.perf_counter() - t0
         result.scored = len(events)

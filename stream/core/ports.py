@@ -18,6 +18,7 @@ from stream.errors import TxwatchError
 if TYPE_CHECKING:
     from stream.core.drift import DriftWindow
     from stream.core.pipeline import BatchResult
+    from stream.core.ratecontrol import ThresholdChange
     from stream.scoring.profile import Profile
     from stream.scoring.student import Student
 
@@ -83,11 +84,16 @@ class ModelSource(Protocol):
         ...
 
 
-class DriftSink(Protocol):
-    """Where a worker's drift windows go (added to what other workers counted)."""
+class MonitorSink(Protocol):
+    """Where a worker's monitoring records go: drift windows, threshold changes."""
 
     def record_drift(self, window: "DriftWindow") -> None:
-        """Add one window's counts; ``ServiceUnavailable`` if the store is not reachable."""
+        """Add one window's counts (to what other workers counted); ``ServiceUnavailable`` if
+        the store is not reachable."""
+        ...
+
+    def record_threshold(self, change: "ThresholdChange") -> None:
+        """Append one alert-rate control move; ``ServiceUnavailable`` if not reachable."""
         ...
 
 

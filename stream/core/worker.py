@@ -30,7 +30,8 @@ import orjson
 from stream.core import outbox
 from stream.core.pipeline import BatchResult, Pipeline, partition_key
 from stream.core.drift import DriftCounter, report
-from stream.core.ports import DriftSink, FenceError, ModelSource, Publish, Record, StateStore
+from stream.core.ports import FenceError, ModelSource, MonitorSink, Publish, Record, StateStore
+from stream.core.ratecontrol import RateController, ThresholdChange
 from stream.errors import ServiceUnavailable
 from stream.events.alerts import alert_message
 from stream.events.deadletters import dead_letter_record
@@ -59,7 +60,7 @@ class WorkerCore:
 
     def __init__(self, settings: Settings, store: StateStore, student: Student, publish: Publish,
                  metrics: WorkerMetrics | None = None, watcher: ModelSource | None = None,
-                 drift_sink: DriftSink | None = None) -> None:
+                 monitor: MonitorSink | None = None) -> None:
         self.settings = settings
         self.store = store
         self.publish = publish
@@ -71,9 +72,11 @@ class WorkerCore:
         self._next_log = time.monotonic() + settings.log_interval_s
         self._publishing: list[asyncio.Future] = []   # publishes of persisted batches in flight
         self._drained: set[str] = set()               # partitions whose outbox was read since they came
-        self.drift_sink = drift_sink
+        self.monitor = monitor
         self.drift: DriftCounter | None = None
-        self._start_drift(student)
+        self.control: RateController | None = None
+        self._changes: list[ThresholdChange] = []     # threshold moves not yet recorded
+        self._start_monitoring(student)
         fail = settings.failpoint
         self._fail_after = int(fail.split(":", 1)[1]) if fail.startswith("exit-after-redis-commit:") else None
 
@@ -82,21 +85,50 @@ class WorkerCore:
         """The serving model."""
         return self.pipeline.student
 
-    def _start_drift(self, student: Student) -> None:
-        """Count drift for ``student`` (when it has a reference profile and a sink is set)."""
+    def _start_monitoring(self, student: Student) -> None:
+        """Count drift for ``student`` (when it has a reference profile and a sink is set), and
+        start alert-rate control from its own threshold (when on)."""
+        s = self.settings
         profile = getattr(self.watcher, "profile", None)
-        on = self.drift_sink is not None and profile is not None and self.settings.drift_window_s > 0
-        self.drift = DriftCounter(profile, student.version, self.settings.drift_window_s) if on else None
+        on = self.monitor is not None and profile is not None and s.drift_window_s > 0
+        self.drift = DriftCounter(profile, student.version, s.drift_window_s) if on else None
+        self.pipeline.threshold = None
+        self.control = None
+        if s.rate_control_target > 0:
+            lo, hi = s.rate_control_factors
+            t = student.threshold
+            self.control = RateController(t, target=s.rate_control_target, lowest=t * lo, highest=min(1.0, t * hi),
+                                          window=s.rate_control_window, every=s.rate_control_every,
+                                          model_version=student.version)
+            self.metrics.threshold.set(t)
 
-    def _flush_drift(self, force: bool = False) -> None:
-        """Hand a finished window to the sink (a failed hand-over is kept and tried with the next)."""
+    def _control(self, scores) -> None:
+        """Feed alert-rate control a batch's scores; a move applies from the next batch on."""
+        change = self.control.observe(scores)
+        if change is not None:
+            self.pipeline.threshold = change.new
+            self._changes.append(change)
+            self.metrics.threshold.set(change.new)
+            log.info("alert threshold %.6g -> %.6g: %s", change.old, change.new, change.why)
+
+    def _flush_monitor(self, force: bool = False) -> None:
+        """Hand threshold moves and a finished drift window to the sink (what it cannot take
+        now is kept and handed over with the next)."""
+        if self.monitor is None:
+            return
+        try:
+            while self._changes:
+                self.monitor.record_threshold(self._changes[0])
+                self._changes.pop(0)
+        except ServiceUnavailable as exc:
+            log.warning("threshold changes not recorded yet (%s); kept for later", exc)
         if self.drift is None or not (force or self.drift.due()):
             return
         window = self.drift.take()
         if window is None:
             return
         try:
-            self.drift_sink.record_drift(window)
+            self.monitor.record_drift(window)
         except ServiceUnavailable as exc:
             log.warning("drift window not stored (%s); kept for the next one", exc)
             self.drift.restore(window)
@@ -187,11 +219,14 @@ class WorkerCore:
         self._fail_point()
         await self._publish_after_commit([result for result, _, _ in done], messages)
         self._count(done)
-        if self.drift is not None:
+        if self.drift is not None or self.control is not None:
             for result, _, _ in done:
                 if result.scored:
-                    self.drift.add(result.features, result.score_array, len(result.alerts))
-            self._flush_drift()
+                    if self.drift is not None:
+                        self.drift.add(result.features, result.score_array, len(result.alerts))
+                    if self.control is not None:
+                        self._control(result.score_array)
+            self._flush_monitor()
         self._maybe_log()
         return [result for result, _, _ in done]
 
@@ -274,9 +309,9 @@ class WorkerCore:
                     m.latency.observe(max(now - ts / 1000.0, 0.0))
 
     def idle(self) -> None:
-        """Housekeeping when no records arrive: model checks, drift windows and the progress line go on."""
+        """Housekeeping when no records arrive: model checks, monitoring records and the progress line go on."""
         self._maybe_reload()
-        self._flush_drift()
+        self._flush_monitor()
         self._maybe_log()
 
     def _maybe_reload(self) -> None:
@@ -285,9 +320,9 @@ class WorkerCore:
         self._next_poll = time.monotonic() + self.settings.model_poll_s
         new = self.watcher.poll()
         if new is not None:
-            self._flush_drift(force=True)  # the old model's counts belong to its own windows
+            self._flush_monitor(force=True)  # the old model's counts belong to its own windows
             self.pipeline.student = new
-            self._start_drift(new)
+            self._start_monitoring(new)
 
     def _maybe_log(self) -> None:
         if time.monotonic() >= self._next_log:

@@ -43,6 +43,6 @@ def build_core(settings: Settings, publish: Publish, metrics: WorkerMetrics | No
         raise TxwatchError(f"cannot serve: {exc}") from None
     store = redis_store(settings, client)
     ensure_compiled()  # load (or, on a fresh install, compile) the feature kernels before consuming
-    core = WorkerCore(settings, store, student, publish, metrics, watcher, drift_sink=store)
+    core = WorkerCore(settings, store, student, publish, metrics, watcher, monitor=store)
     tune_gc()
     return core

@@ -72,14 +72,14 @@ def _run_worker(models, redis_url: str, prefix: str, events) -> None:
         return None
 
     core = WorkerCore(settings, store, load_student(models["student"]), publish, WorkerMetrics(),
-                      Watcher(load_profile(models["student"])), drift_sink=store)
+                      Watcher(load_profile(models["student"])), monitor=store)
     recs = [Record("events", 0, i, orjson.dumps(e), e["account_id"].encode(), None) for i, e in enumerate(events)]
 
     async def go():
         for i in range(0, len(recs), 2000):
             await core.handle(recs[i:i + 2000])
     asyncio.run(go())
-    core._flush_drift(force=True)
+    core._flush_monitor(force=True)
 
 
 def _drift_cli(models, redis_url: str, prefix: str, monkeypatch, capsys) -> tuple[int, dict]:

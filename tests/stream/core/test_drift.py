@@ -85,10 +85,11 @@ def test_the_report_reads_a_shift_and_not_its_absence():
 
 
 class Sink:
-    """A drift sink in memory; ``down`` makes it refuse as an unreachable Redis does."""
+    """A monitoring sink in memory; ``down`` makes it refuse as an unreachable Redis does."""
 
     def __init__(self) -> None:
         self.windows: list[DriftWindow] = []
+        self.changes: list = []
         self.down = False
 
     def record_drift(self, window: DriftWindow) -> None:
@@ -97,6 +98,13 @@ class Sink:
         if self.down:
             raise ServiceUnavailable("Redis drift write: down")
         self.windows.append(window)
+
+    def record_threshold(self, change) -> None:
+        from stream.errors import ServiceUnavailable
+
+        if self.down:
+            raise ServiceUnavailable("Redis threshold write: down")
+        self.changes.append(change)
 
 
 class Watcher:
@@ -129,21 +137,21 @@ def test_the_worker_counts_every_scored_row_and_hands_over_finished_windows(mode
     sink = Sink()
     metrics = WorkerMetrics()
     core = WorkerCore(load_settings(model_dir=str(models["student"]), drift_window_s=3600), MemoryStore(),
-                      load_student(models["student"]), publish, metrics, Watcher(profile), drift_sink=sink)
+                      load_student(models["student"]), publish, metrics, Watcher(profile), monitor=sink)
     evs = small_history[:3000]
     recs = [Record("t", 0, i, orjson.dumps(e), b"k", None) for i, e in enumerate(evs)]
     results = asyncio.run(core.handle(recs))
     scored = sum(r.scored for r in results)
     assert core.drift.rows == scored > 0 and not sink.windows       # the hour is not over: nothing handed over
     sink.down = True
-    core._flush_drift(force=True)                                     # Redis away: the window is kept
+    core._flush_monitor(force=True)                                     # Redis away: the window is kept
     assert core.drift.rows == scored and not sink.windows
     sink.down = False
-    core._flush_drift(force=True)
+    core._flush_monitor(force=True)
     assert [w.rows for w in sink.windows] == [scored] and core.drift.rows == 0
     assert sink.windows[0].features.sum() == scored * len(profile.feature_names)
     assert metrics.score_psi._value.get() >= 0.0                      # the window's PSI is exported
 
     off = WorkerCore(load_settings(model_dir=str(models["student"]), drift_window_s=0), MemoryStore(),
-                     load_student(models["student"]), publish, WorkerMetrics(), Watcher(profile), drift_sink=sink)
+                     load_student(models["student"]), publish, WorkerMetrics(), Watcher(profile), monitor=sink)
     assert off.drift is None
