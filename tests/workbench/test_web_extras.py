@@ -60,3 +60,16 @@ def test_a_sign_in_removes_sessions_idle_past_the_ttl(wb: Bench):
 def _sessions(wb: Bench) -> list[WebSession]:
     with wb.db.sessions() as s:
         return list(s.execute(select(WebSession)).scalars())
+
+
+def test_the_dashboard_reads_the_target_of_the_model_the_workers_serve(wb: Bench, models):
+    """A promotion moves the Redis pointer; the workbench shows that model's target, not TXWATCH_MODEL_DIR's."""
+    from stream.adapters.model_watcher import pointer_key
+    from stream.scoring.student import load_student
+    from workbench.web.app import model_target, served_dir
+
+    assert served_dir(wb.settings, wb.store) == wb.settings.model_dir       # no pointer: the configured one
+    wb.redis.set(pointer_key(wb.prefix), str(models["student"]))
+    assert served_dir(wb.settings, wb.store) == str(models["student"])
+    target = model_target(served_dir(wb.settings, wb.store))
+    assert target["model_version"] == load_student(models["student"]).version and target["alert_rate_target"] == 0.01

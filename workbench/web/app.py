@@ -39,6 +39,20 @@ def model_target(model_dir: str) -> dict[str, Any]:
             "threshold": threshold.get("value")}
 
 
+def served_dir(settings: Settings, store) -> str:
+    """The directory the workers serve: the promotion pointer in Redis, else TXWATCH_MODEL_DIR."""
+    if store is not None:
+        from stream.adapters.model_watcher import pointer_key
+
+        try:
+            raw = store.client.get(pointer_key(settings.redis_prefix))
+        except Exception:  # noqa: BLE001 - Redis away at start: the configured directory
+            raw = None
+        if raw:
+            return raw.decode()
+    return settings.model_dir
+
+
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
@@ -92,7 +106,7 @@ def create_app(settings: Settings, *, db: Database | None = None, redis_client=N
     app.state.publisher = Publisher(db, kafka_send, webhook_timeout_s=settings.webhook_timeout_s)
     app.state.hub = LiveHub(store.client, store.live_channel) if store is not None else None
     app.state.closing = threading.Event()
-    app.state.model = model_target(settings.model_dir)
+    app.state.model = model_target(served_dir(settings, store))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
