@@ -232,9 +232,8 @@ def _start_workbench(stack: ExitStack, settings: Settings, work: Path, log: Call
     """Start ``txwatch ui`` on the demo's Redis and a SQLite file in the work directory, with
     three users (fresh random passwords each run); return its URL."""
     import secrets
-    import urllib.request
 
-    from txwatch.local.embedded import free_port
+    from txwatch.local.embedded import free_port, wait_for_port
     from workbench import audit, auth
     from workbench.db import Database
 
@@ -257,15 +256,7 @@ def _start_workbench(stack: ExitStack, settings: Settings, work: Path, log: Call
            "TXWATCH_UI_HOST": "127.0.0.1"}
     ui = _start(stack, ["ui"], env, work / "workbench.log", stop_s=10)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "login", timeout=2).close()
-            break
-        except OSError:
-            if ui.poll() is not None or time.monotonic() > deadline:
-                raise TxwatchError(f"the workbench did not start; see {work / 'workbench.log'}") from None
-            time.sleep(0.3)
+    wait_for_port(port, ui, "workbench", work / "workbench.log", timeout=30)  # uvicorn listens once started
     log("")
     log(f"reviewers' workbench: {url}  (pid {ui.pid}, log {work / 'workbench.log'})")
     for name, role, password in logins:

@@ -23,7 +23,7 @@ from stream.adapters.kafka import ensure_topics
 from tests.integration.conftest import (
     alert_ids, consume_all, offline, processed, produce_events, start_worker, stored_states, wait_processed,
 )
-from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis, _wait_for_port, free_port
+from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis, wait_for_port, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -118,7 +118,7 @@ def s3_server(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        _wait_for_port(port, proc, "moto S3", log, 30)
+        wait_for_port(port, proc, "moto S3", log, 30)
         endpoint = f"http://127.0.0.1:{port}"
         creds = {"AWS_ACCESS_KEY_ID": "txwatch-test", "AWS_SECRET_ACCESS_KEY": "txwatch-test",
                  "AWS_DEFAULT_REGION": "us-east-1"}

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from playwright.sync_api import expect
@@ -24,22 +23,10 @@ from stream.adapters.kafka import ensure_topics
 from stream.events.labels import read_labels
 from tests.integration.conftest import ROOT, env_for, produce_events, start_worker, wait_processed
 from txwatch.cli import main
-from txwatch.local.embedded import die_with_parent, free_port
+from txwatch.local.embedded import die_with_parent, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 PASSWORDS = {"analyst": "analyst-password-1", "lead": "lead-password-1"}
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            assert proc.poll() is None, "txwatch ui exited"
-            assert time.monotonic() < deadline, f"{url} did not answer"
-            time.sleep(0.2)
 
 
 def _sign_in(page, base: str, name: str) -> None:
@@ -67,7 +54,7 @@ def workbench(settings, tmp_path, monkeypatch):
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     base = f"http://127.0.0.1:{s.ui_port}"
     try:
-        _wait_http(base + "/login", ui)
+        wait_for_port(s.ui_port, ui, "workbench", tmp_path / "ui.log", timeout=30)
         yield s, base
     finally:
         ui.terminate()

@@ -16,7 +16,7 @@ from stream.adapters.kafka import ensure_topics
 from stream.settings import load_settings
 from tests.integration.conftest import ROOT, env_for
 from txwatch.cli import main
-from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent, free_port
+from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis, die_with_parent, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +38,7 @@ def test_ui_stops_within_seconds_with_its_servers_gone(tmp_path, monkeypatch, si
                           stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(base + "/login", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert ui.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
-                time.sleep(0.2)
+        wait_for_port(port, ui, "workbench", tmp_path / "ui.log", timeout=30)
         client = httpx.Client(base_url=base, follow_redirects=True)
         import re
 

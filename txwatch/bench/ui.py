@@ -218,7 +218,7 @@ def bench_ui(*, cases: int, alerts: int, database_url: str | None, dashboards: i
 
     from stream.adapters.redis_store import RedisStore, StoreConfig
     from stream.settings import load_settings
-    from txwatch.local.embedded import EmbeddedRedis, die_with_parent, free_port
+    from txwatch.local.embedded import EmbeddedRedis, die_with_parent, free_port, wait_for_port
     from workbench import auth
     from workbench.db import Database
 
@@ -242,17 +242,7 @@ def bench_ui(*, cases: int, alerts: int, database_url: str | None, dashboards: i
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         base = f"http://127.0.0.1:{port}"
         try:
-            import httpx
-
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    httpx.get(base + "/login", timeout=2)
-                    break
-                except httpx.HTTPError:
-                    if ui.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"txwatch ui did not start: {(work / 'ui.log').read_text()[-500:]}")
-                    time.sleep(0.3)
+            wait_for_port(port, ui, "workbench", work / "ui.log", timeout=60)  # uvicorn listens once started
             log(f"timing the queue and the API ({requests} requests each)")
             http = _queue_and_api(base, password, token, requests)
             c = _signed_in(base, "bench", password)

@@ -42,7 +42,9 @@ def die_with_parent() -> None:
         pass
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float) -> None:
+    """Wait until ``proc`` listens on 127.0.0.1:``port``; ``ServiceUnavailable`` with the end of its
+    log if it exits first, or (after killing it) if it does not listen within ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -82,7 +84,7 @@ class _Server:
                                          stdin=subprocess.DEVNULL, cwd=self.workdir,
                                          env=self.environment(), preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
-        _wait_for_port(self.port, self.proc, self.name, log, timeout)
+        wait_for_port(self.port, self.proc, self.name, log, timeout)
         self._wait_ready(deadline)
         return self
 
