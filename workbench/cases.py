@@ -219,15 +219,23 @@ def _case_decided(session: Session, case: Case) -> tuple[Decision | None, list[A
     return last, list(alerts)
 
 
-def dispose_alert(session: Session, case_id: int, event_id: str, decision: str, note: str | None, actor: Actor,
-                  policy: Policy) -> AlertRecord:
-    """Record a disposition of one alert of the case (the reviewer must hold the case's lock)."""
+def _disposing(session: Session, case_id: int, decision: str, note: str | None,
+               actor: Actor) -> tuple[str, datetime, Case]:
+    """A disposition's checks: a known decision, a note, and the case's lock held by ``actor``:
+    ``(note, now, case)``."""
     if decision not in DECISIONS:
         raise WorkError(f"a disposition is one of {', '.join(DECISIONS)}, not {decision!r}")
     text = _note(note)
     now = utcnow()
     case = _case(session, case_id)
     _require_lock(case, actor, now)
+    return text, now, case
+
+
+def dispose_alert(session: Session, case_id: int, event_id: str, decision: str, note: str | None, actor: Actor,
+                  policy: Policy) -> AlertRecord:
+    """Record a disposition of one alert of the case (the reviewer must hold the case's lock)."""
+    text, now, case = _disposing(session, case_id, decision, note, actor)
     alert = session.get(AlertRecord, event_id)
     if alert is None or alert.case_id != case.id:
         raise NotFound(f"case {case.id} has no alert {event_id!r}")
@@ -252,12 +260,7 @@ def dispose_case(session: Session, case_id: int, decision: str, note: str | None
     A disposition that waits for approval takes effect (labels, rating) when it is approved;
     until then the alerts show it, and a rejection takes it back.
     """
-    if decision not in DECISIONS:
-        raise WorkError(f"a disposition is one of {', '.join(DECISIONS)}, not {decision!r}")
-    text = _note(note)
-    now = utcnow()
-    case = _case(session, case_id)
-    _require_lock(case, actor, now)
+    text, now, case = _disposing(session, case_id, decision, note, actor)
     before = case_brief(case)
     undecided = session.execute(select(AlertRecord).where(AlertRecord.case_id == case.id,
                                                           AlertRecord.decision.is_(None))).scalars().all()
