@@ -73,3 +73,25 @@ def test_the_dashboard_reads_the_target_of_the_model_the_workers_serve(wb: Bench
     assert served_dir(wb.settings, wb.store) == str(models["student"])
     target = model_target(served_dir(wb.settings, wb.store))
     assert target["model_version"] == load_student(models["student"]).version and target["alert_rate_target"] == 0.01
+
+
+def test_alerts_per_minute_are_counted_by_minute_on_either_database(db):
+    """The dashboard's per-minute counts come from one grouped query; each alert lands in its minute."""
+    from sqlalchemy import insert
+
+    from workbench import stats
+    from workbench.models import AlertRecord, Case
+
+    now = 10_000_000_000
+    created = [now - 3_600_000 + 1, now - 59_999, now - 1, now - 120_001, now - 7_200_000]  # the last: too old
+    with db.engine.begin() as c:
+        c.execute(insert(Case), [{"id": 1, "account_id": "a", "status": "open", "opened_at": utcnow(),
+                                  "updated_at": utcnow()}])
+        c.execute(insert(AlertRecord), [
+            {"event_id": f"e{i}", "case_id": 1, "account_id": "a", "ts": 0, "score": 0.9, "threshold": 0.5,
+             "model_version": "m", "reasons": [], "event": {}, "features": {}, "partition_key": "p", "created_ms": ms,
+             "received_at": utcnow()} for i, ms in enumerate(created)])
+    with db.sessions() as s:
+        counts = stats.per_minute(s, 60, now)
+    assert len(counts) == 60 and sum(counts) == 4
+    assert (counts[0], counts[57], counts[59]) == (1, 1, 2)
