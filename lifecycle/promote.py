@@ -33,6 +33,12 @@ The gate, each check with its bound:
    - an undefined figure (NaN: constant scores) fails. ``kl`` is reported, not bounded.
 
    Skipped (and failed) when check 1 or 2 fails: the rows would not be the candidate's.
+5. **Its shadow run**, when it ran as the shadow challenger (it is the challenger now, or
+   the workers stored shadow windows of its version): :func:`lifecycle.shadow.gate` with
+   :class:`lifecycle.shadow.ShadowBounds` (enough rows scored in shadow, an alert rate within
+   2x the champion's, and, with ``labels`` and enough disposed alerts, a precision no more
+   than 0.05 below the champion's). A challenger that is promoted stops being the challenger
+   in the same transaction.
 
 A refused promotion raises :class:`GateRefused` naming every failing figure with its
 measured value and bound; nothing is switched.
@@ -137,7 +143,8 @@ def _side(student) -> dict[str, Any]:
 
 
 def check(candidate_dir: str | os.PathLike, *, served_dir: str | os.PathLike, events_path: str | os.PathLike,
-          tolerance: float = DEFAULT_TOLERANCE, new_teacher: bool = False, period: str = DEFAULT_PERIOD) -> Gate:
+          tolerance: float = DEFAULT_TOLERANCE, new_teacher: bool = False, period: str = DEFAULT_PERIOD,
+          shadow: dict[str, Any] | None = None) -> Gate:
     """Run the gate (module docstring) on ``candidate_dir`` against the model at ``served_dir``.
 
     Problems of the inputs rather than of the candidate (an unreadable events file, a bad
@@ -206,31 +213,48 @@ def check(candidate_dir: str | os.PathLike, *, served_dir: str | os.PathLike, ev
         fid, fid_failures = _fidelity(student, profile, events_path, period, tolerance)
         checks["fidelity"] = fid
         failures += fid_failures
+
+    # 5. the shadow run, if it had one
+    if shadow is not None:
+        from lifecycle.shadow import gate as shadow_gate
+
+        bounds, shadow_failures = shadow_gate(shadow)
+        checks["shadow"] = {"ok": not shadow_failures, "figures": shadow, "bounds": bounds}
+        failures += shadow_failures
     return Gate(figures, tuple(failures))
+
+
+def teacher_of(student):
+    """The teacher ``student`` was distilled from, loaded from the directory its manifest
+    records and checked against the recorded sha256; ``ArtifactError`` saying why not."""
+    from training.teacher import TEACHER_FILE, load_teacher
+
+    recorded = student.manifest.get("teacher") or {}
+    tdir = recorded.get("path")
+    if not tdir:
+        raise ArtifactError(f"{student.path}: the student records no teacher to measure it against")
+    try:
+        teacher = load_teacher(tdir, feature_schema_hash=student.manifest["feature_schema_hash"])
+    except ArtifactError as exc:
+        raise ArtifactError(f"cannot load the teacher of {student.version}: {exc}") from None
+    if teacher.manifest["files"].get(TEACHER_FILE) != recorded.get("sha256"):
+        raise ArtifactError(f"{tdir} no longer holds the teacher {student.version} was distilled from (sha256 differs)")
+    return teacher
 
 
 def _fidelity(student, profile, events_path, period: str, tolerance: float) -> tuple[dict[str, Any], list[str]]:
     from stream.scoring.profile import fidelity
     from training.dataset import SPLIT_NAMES
     from training.evaluate import dataset_for
-    from training.teacher import TEACHER_FILE, load_teacher
 
     out: dict[str, Any] = {"ok": False, "events": os.path.abspath(events_path), "period": period,
                            "profile": profile.fidelity}
-    recorded = student.manifest.get("teacher") or {}
-    tdir = recorded.get("path")
-    if not tdir:
-        out["error"] = "the candidate records no teacher"
-        return out, ["fidelity: the candidate records no teacher to measure it against"]
     try:
-        teacher = load_teacher(tdir, feature_schema_hash=student.manifest["feature_schema_hash"])
+        teacher = teacher_of(student)
     except ArtifactError as exc:
         out["error"] = str(exc)
-        return out, [f"fidelity: cannot load the candidate's teacher: {exc}"]
-    if teacher.manifest["files"].get(TEACHER_FILE) != recorded.get("sha256"):
-        out["error"] = f"{tdir} is not the teacher the candidate was distilled from"
-        return out, [f"fidelity: {tdir} no longer holds the teacher the candidate was distilled from (sha256 differs)"]
-    out["teacher"] = {"dir": str(tdir), "version": teacher.version}
+        return out, [f"fidelity: {exc}"]
+    out["teacher"] = {"dir": str(teacher.path), "version": teacher.version}
 
     table = (student.manifest.get("training_data") or {}).get("table") or {}
     ds = dataset_for(student, str(events_path), label=None,
@@ -262,19 +286,34 @@ def _version(model_dir: str) -> str | None:
 
 def promote(client: redis.Redis, prefix: str, default_dir: str, candidate_dir: str | os.PathLike, *,
             events_path: str | os.PathLike, who: str, why: str, tolerance: float = DEFAULT_TOLERANCE,
-            new_teacher: bool = False, period: str = DEFAULT_PERIOD) -> dict[str, Any]:
+            new_teacher: bool = False, period: str = DEFAULT_PERIOD,
+            labels: dict[str, int] | None = None) -> dict[str, Any]:
     """Gate ``candidate_dir`` against the served model and, if it passes, serve it; return the record.
 
+    ``labels`` (event id -> 0/1, reviewers' dispositions) let the shadow check judge precision.
     ``GateRefused`` (nothing switched) when a check fails; ``SwitchConflict`` when another
     switch happened while the gate ran; ``ServiceUnavailable`` when Redis cannot be reached.
     """
+    from lifecycle import shadow as shadow_run
+    from stream.adapters.model_watcher import challenger_key
+
     served = registry.current(client, prefix, default_dir)
     newest = registry.history(client, prefix, 1)
     candidate = os.path.abspath(candidate_dir)
     if os.path.realpath(candidate) == os.path.realpath(served):
         raise TxwatchError(f"{candidate} is the served model already; nothing to promote")
+    challenger = shadow_run.current(client, prefix)
+    is_challenger = challenger is not None and os.path.realpath(challenger["dir"]) == os.path.realpath(candidate)
+    shadow = None
+    version = _version(candidate)
+    if version is not None:
+        from stream.adapters.redis_store import RedisStore, StoreConfig
+
+        fig = shadow_run.figures(RedisStore(client, StoreConfig(prefix=prefix)), version, labels=labels)
+        if is_challenger or fig["rows"]:
+            shadow = fig
     gate = check(candidate, served_dir=served, events_path=events_path, tolerance=tolerance,
-                 new_teacher=new_teacher, period=period)
+                 new_teacher=new_teacher, period=period, shadow=shadow)
     if not gate.passed:
         raise GateRefused(gate)
     figures = dict(gate.figures)
@@ -283,7 +322,8 @@ def promote(client: redis.Redis, prefix: str, default_dir: str, candidate_dir: s
                                  from_={"dir": served, "version": gate.figures["served"]["version"]},
                                  to={"dir": candidate, "version": gate.figures["candidate"]["version"]},
                                  figures=figures)
-    return registry.switch(client, prefix, record, after=newest[0]["id"] if newest else "")
+    return registry.switch(client, prefix, record, after=newest[0]["id"] if newest else "",
+                           also_delete=(challenger_key(prefix),) if is_challenger else ())
 
 
 def rollback_target(records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -333,8 +373,14 @@ def rollback(client: redis.Redis, prefix: str, default_dir: str, *, who: str, wh
     return registry.switch(client, prefix, record, after=records[0]["id"])
 
 
-def status(client: redis.Redis, prefix: str, default_dir: str, n: int = 10) -> dict[str, Any]:
-    """The served directory and version and the newest ``n`` history records."""
+def status(client: redis.Redis, prefix: str, default_dir: str, n: int = 10, *, minutes: float = 24 * 60,
+           labels: dict[str, int] | None = None) -> dict[str, Any]:
+    """The served model (champion) and the challenger, each with its latest live fidelity
+    window, the challenger's shadow figures over the last ``minutes``, and the newest ``n``
+    history records."""
+    from lifecycle import fidelity, shadow
+    from stream.adapters.redis_store import RedisStore, StoreConfig
+
     pointer = registry.pointer(client, prefix)
     served = pointer or default_dir
     try:
@@ -347,4 +393,14 @@ def status(client: redis.Redis, prefix: str, default_dir: str, n: int = 10) -> d
            "history": registry.history(client, prefix, n)}
     if error:
         out["served"]["error"] = error
+    if version:
+        out["served"]["fidelity"] = (fidelity.latest(client, prefix, version) or [None])[0]
+    challenger = shadow.current(client, prefix)
+    if challenger is not None:
+        challenger["fidelity"] = (fidelity.latest(client, prefix, challenger["version"]) or [None])[0]
+        challenger["shadow"] = shadow.figures(RedisStore(client, StoreConfig(prefix=prefix)), challenger["version"],
+                                              minutes=minutes, labels=labels)
+        challenger["shadow"]["gate"] = dict(zip(("bounds", "failures"), shadow.gate(challenger["shadow"])))
+    out["challenger"] = challenger
+    out["keys"]["challenger"] = shadow.challenger_key(prefix)
     return out

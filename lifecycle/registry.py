@@ -111,13 +111,15 @@ def history(client: redis.Redis, prefix: str, n: int | None = 10) -> list[dict[s
     return [orjson.loads(r) for r in raw]
 
 
-def switch(client: redis.Redis, prefix: str, record: dict[str, Any], *, after: str | None = None) -> dict[str, Any]:
+def switch(client: redis.Redis, prefix: str, record: dict[str, Any], *, after: str | None = None,
+           also_delete: tuple[str, ...] = ()) -> dict[str, Any]:
     """Serve ``record["to"]["dir"]`` and append ``record`` to the history, in one atomic step.
 
     Refused with :class:`SwitchConflict` (nothing written) when the pointer, if set, no
     longer names ``record["from"]["dir"]``, when ``after`` is given and the newest record's
     id is not ``after`` (``""``: the history must be empty), or when another writer touches
-    either key between this call's check and its write. Returns ``record``.
+    either key between this call's check and its write. ``also_delete``: keys removed in the
+    same transaction (the challenger key, when the challenger is promoted). Returns ``record``.
     """
     pkey, hkey = pointer_key(prefix), history_key(prefix)
     expected = record["from"]["dir"]
@@ -132,6 +134,8 @@ def switch(client: redis.Redis, prefix: str, record: dict[str, Any], *, after: s
             pipe.multi()
             pipe.set(pkey, record["to"]["dir"])
             pipe.lpush(hkey, body)
+            if also_delete:
+                pipe.delete(*also_delete)
             pipe.execute()
     except redis.WatchError:
         return _settle(client, prefix, record, seen)

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
                                   "score's histogram against the model's reference profile and adds it to Redis once "
                                   "per window of this many seconds (0: off); txwatch drift reads them")
 
+    fidelity_sample_rate: float = Field(0.01, ge=0, le=1, description="live fidelity: the share of scored rows each "
+                                        "worker sends, with the student's score and version, to Redis for txwatch "
+                                        "fidelity to score with the teacher (0: off)")
+
     rate_control_target: float = Field(0.0, ge=0, lt=1, description="alert-rate control: hold the alert rate near "
                                        "this share of scored events by moving the threshold (0: off, the model's "
                                        "stored threshold is used as is); see rate_control_*")

@@ -77,3 +77,51 @@ class MemoryStore:
         """Like :meth:`stream.adapters.redis_store.RedisStore.clear_outbox`."""
         for i in ids:
             self.outboxes.get(pkey, {}).pop(i, None)
+
+
+class MemorySink:
+    """In-memory double of the monitoring sink (:class:`stream.core.ports.MonitorSink`);
+    ``down`` makes every record refused, as an unreachable Redis does."""
+
+    def __init__(self) -> None:
+        self.windows: list = []     # drift windows
+        self.changes: list = []     # threshold moves
+        self.samples: list = []     # fidelity samples
+        self.shadows: list = []     # shadow windows
+        self.down = False
+
+    def _take(self, where: list, what: str, item) -> None:
+        if self.down:
+            raise ServiceUnavailable(f"Redis {what} write: down")
+        where.append(item)
+
+    def record_drift(self, window) -> None:
+        self._take(self.windows, "drift", window)
+
+    def record_threshold(self, change) -> None:
+        self._take(self.changes, "threshold", change)
+
+    def record_sample(self, sample) -> None:
+        self._take(self.samples, "fidelity sample", sample)
+
+    def record_shadow(self, window) -> None:
+        self._take(self.shadows, "shadow", window)
+
+
+class StaticWatcher:
+    """A model source that never changes the served model (with its reference profile), and
+    shadows ``challenger`` from the first poll on (None: no challenger)."""
+
+    def __init__(self, profile, challenger=None) -> None:
+        self.profile = profile
+        self.challenger = challenger
+        self._told = False
+
+    def poll(self):
+        return None
+
+    def poll_challenger(self, champion):
+        if self._told or self.challenger is None:
+            return False, None
+        self._told = True
+        return True, self.challenger

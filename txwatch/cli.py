@@ -366,16 +366,69 @@ def cmd_promote(a: argparse.Namespace) -> int:
         raise TxwatchError("promote needs DIR and --events FILE (or --rollback)")
     settings, client = _model_registry()
     _print_json(promote(client, settings.redis_prefix, settings.model_dir, a.dir, events_path=a.events, who=who,
-                        why=why, tolerance=a.tolerance, new_teacher=a.new_teacher, period=a.period))
+                        why=why, tolerance=a.tolerance, new_teacher=a.new_teacher, period=a.period,
+                        labels=_labels(a.labels)))
     return 0
+
+
+def _labels(path: str | None) -> dict[str, int] | None:
+    from stream.events.labels import read_labels
+
+    return read_labels(path) if path else None
 
 
 def cmd_models(a: argparse.Namespace) -> int:
+    import os
+
+    from lifecycle import registry, shadow
     from lifecycle.promote import status
 
     settings, client = _model_registry()
-    _print_json(status(client, settings.redis_prefix, settings.model_dir, n=a.limit))
+    if a.models_command == "status":
+        _print_json(status(client, settings.redis_prefix, settings.model_dir, n=a.limit, minutes=a.minutes,
+                           labels=_labels(a.labels)))
+    elif a.clear:
+        if a.dir:
+            raise TxwatchError("--clear takes no DIR")
+        _print_json({"cleared": shadow.clear_challenger(client, settings.redis_prefix)})
+    else:
+        if not a.dir:
+            raise TxwatchError("models challenger needs DIR (or --clear)")
+        served = registry.current(client, settings.redis_prefix, settings.model_dir)
+        _print_json(shadow.set_challenger(client, settings.redis_prefix, served, a.dir,
+                                          who=os.environ.get("USER") or "cli", why=a.why or ""))
     return 0
+
+
+def cmd_fidelity(a: argparse.Namespace) -> int:
+    import signal
+
+    from lifecycle.fidelity import run
+    from stream.adapters.redis_store import redis_store
+
+    settings, client = _model_registry()
+    stop = {"now": False}
+
+    def on_signal(signum, frame) -> None:
+        stop["now"] = True
+
+    if not a.once:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def emit(window: dict) -> None:
+        if not a.once:
+            _print_json(window)
+            sys.stdout.flush()
+        for alarm in window["alarms"]:
+            print(f"txwatch: fidelity: {window['model_version']}: {alarm}", file=sys.stderr)
+
+    report = run(redis_store(settings, client), client, settings.redis_prefix, settings.model_dir, once=a.once,
+                 from_start=a.from_start, window_s=a.window_s, tolerance=a.tolerance, min_rows=a.min_rows,
+                 emit=emit, should_stop=lambda: stop["now"])
+    if a.once:
+        _print_json(report)
+    return 1 if report["alarms"] else 0
 
 
 # -- parser -------------------------------------------------------------------
@@ -503,13 +556,33 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--period", default="test", choices=("test", "valid", "train", "all"),
                     help="rows of --events to measure on (default test: the latest days)")
     pr.add_argument("--rollback", action="store_true", help="serve again the model the newest promotion replaced")
+    pr.add_argument("--labels", help="reviewers' labels file (txwatch labels export): the shadow check judges "
+                    "precision on them")
     pr.set_defaults(func=cmd_promote)
 
-    mo = sub.add_parser("models", help="the served model and its history (TXWATCH_REDIS_URL)")
+    mo = sub.add_parser("models", help="the served model, the shadow challenger and the history (TXWATCH_REDIS_URL)")
     mosub = mo.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    ms = mosub.add_parser("status", help="served directory and version, newest history records, as JSON")
+    ms = mosub.add_parser("status", help="champion and challenger with their live figures, newest history records, "
+                          "as JSON")
     ms.add_argument("--limit", type=_positive_int, default=10, help="history records (default 10)")
+    ms.add_argument("--minutes", type=_positive_float, default=1440.0,
+                    help="how far back to sum the shadow windows (default 1440: a day)")
+    ms.add_argument("--labels", help="reviewers' labels file (txwatch labels export): each model's precision")
+    mc = mosub.add_parser("challenger", help="run a student as shadow challenger beside the served model, or --clear")
+    mc.add_argument("dir", nargs="?", metavar="DIR", help="student artifact directory")
+    mc.add_argument("--why", help="reason, kept with the challenger record")
+    mc.add_argument("--clear", action="store_true", help="stop shadowing")
     mo.set_defaults(func=cmd_models)
+
+    fi = sub.add_parser("fidelity", help="score the workers' fidelity sample with the teachers, per window (JSON; "
+                        "exit 1 on an alarm)")
+    fi.add_argument("--once", action="store_true", help="read what is there, report, and stop (default: follow)")
+    fi.add_argument("--from-start", action="store_true", help="read from the oldest sample kept, not the cursor")
+    fi.add_argument("--window-s", type=_positive_float, default=300.0, help="window length in seconds (default 300)")
+    fi.add_argument("--tolerance", type=_non_negative_float, default=0.05,
+                    help="how far live fidelity may fall below the profile's (default 0.05)")
+    fi.add_argument("--min-rows", type=_positive_int, default=500, help="no alarm on fewer sampled rows (default 500)")
+    fi.set_defaults(func=cmd_fidelity)
 
     ex = sub.add_parser("export", help="the student as ONNX or as an integer-only model with a C evaluator, verified")
     ex.add_argument("--model", required=True, help="student artifact directory")

@@ -2,13 +2,16 @@
 
 A new student is picked up without a restart when its directory changes (a new
 ``manifest.json``) or when the Redis pointer ``<prefix>:model:dir`` names another directory.
+The shadow challenger is picked up the same way from ``<prefix>:model:challenger``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+import orjson
 import redis
 
 from stream.errors import ArtifactError
@@ -29,6 +32,31 @@ def pointer_key(prefix: str) -> str:
     return f"{prefix}:model:dir"
 
 
+def challenger_key(prefix: str) -> str:
+    """The Redis key naming the shadow challenger (``txwatch models challenger`` sets it): a JSON
+    object ``{"dir", "version", "who", "at", "why"}``; the workers read ``dir``.
+
+    >>> challenger_key("txwatch")
+    'txwatch:model:challenger'
+    """
+    return f"{prefix}:model:challenger"
+
+
+def challenger_dir(raw: bytes | str | None) -> str | None:
+    """The directory a challenger key's value names (None: no challenger, or not readable).
+
+    >>> challenger_dir(b'{"dir": "/m/b", "version": "b"}'), challenger_dir(None), challenger_dir(b"junk")
+    ('/m/b', None, None)
+    """
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value.get("dir") if isinstance(value, dict) and isinstance(value.get("dir"), str) else None
+
+
 class ModelWatcher:
     """Picks up a new student without a restart: a changed directory, or a Redis pointer.
 
@@ -45,6 +73,8 @@ class ModelWatcher:
         self.dir = settings.model_dir
         self._stamp: tuple | None = None
         self.profile: Profile | None = None   # the serving model's reference profile (drift)
+        self.challenger_key = challenger_key(settings.redis_prefix)
+        self._challenger_stamp: tuple | None = None
 
     def _target(self) -> str:
         if self.client is not None:
@@ -92,7 +122,45 @@ class ModelWatcher:
         self.metrics.reloads.labels(result="ok").inc()
         self.metrics.set_model(student.version)
         log.info("model reloaded: %s from %s", student.version, target)
+        self._challenger_stamp = None  # judge the challenger again against the new champion
         return student
+
+    def poll_challenger(self, champion: Student) -> tuple[bool, Student | None]:
+        """``(changed, challenger)``: whether the challenger to shadow changed since the last
+        poll, and the new one (None: none, or refused). A challenger must verify and have
+        the champion's features; one that does not is refused, logged and counted, and none
+        is shadowed. Redis unreachable: no change."""
+        if self.client is None:
+            return False, None
+        try:
+            target = challenger_dir(self.client.get(self.challenger_key))
+        except redis.RedisError:
+            return False, None
+        if target is not None and os.path.realpath(target) == os.path.realpath(self.dir):
+            target = None  # promoted: it is the champion now
+        stamp = (target, self._fingerprint(target)) if target else None
+        if stamp == self._challenger_stamp:
+            return False, None
+        self._challenger_stamp = stamp
+        if target is None:
+            log.info("no shadow challenger")
+            return True, None
+        try:
+            challenger = load_student(target)
+        except ArtifactError as exc:
+            self.metrics.reloads.labels(result="challenger_refused").inc()
+            log.error("shadow challenger refused: %s", exc)
+            return True, None
+        if (tuple(challenger.feature_names) != tuple(champion.feature_names)
+                or challenger.manifest.get("feature_schema_hash") != champion.manifest.get("feature_schema_hash")):
+            self.metrics.reloads.labels(result="challenger_refused").inc()
+            log.error("shadow challenger %s at %s refused: its features (%d, schema %s) are not the served model's "
+                      "(%d, schema %s)", challenger.version, target, len(challenger.feature_names),
+                      str(challenger.manifest.get("feature_schema_hash"))[:12], len(champion.feature_names),
+                      str(champion.manifest.get("feature_schema_hash"))[:12])
+            return True, None
+        log.info("shadow challenger: %s from %s", challenger.version, target)
+        return True, challenger
 
 
 def _profile(directory: str) -> Profile | None:

@@ -23,6 +23,18 @@ key                                 type    contents
 ``P:drift:windows:<version>``       zset    the window start times of a model version
 ``P:threshold:changes``             list    alert-rate control's moves, newest first (JSON: at_ms,
                                             model_version, old, new, why); the last 10,000
+``P:fidelity:samples``              stream  scored rows sampled for live teacher fidelity
+                                            (stream.events.samples), ``MAXLEN ~`` SAMPLES_MAXLEN
+``P:shadow:<challenger>:<start>``   hash    one shadow window's counters, summed over workers:
+                                            rows, champion_alerts, challenger_alerts, both,
+                                            dropped, champion (its version); TTL ``DRIFT_TTL_S``
+``P:shadow:windows:<challenger>``   zset    the shadow window start times of a challenger
+``P:shadow:<challenger>:pairs``     list    per window and worker, its reservoir of (champion,
+                                            challenger) score pairs, float64 pairs; newest first,
+                                            the last SHADOW_PAIR_BLOBS
+``P:shadow:<challenger>:alerts``    stream  would-be alerts of either model: event_id, champion
+                                            and challenger scores, which alerts; ``MAXLEN ~``
+                                            alerts_maxlen
 ``P:alerts:live``                   pubsub  channel: each new alert as JSON
 ==================================  ======  ==================================================
 
@@ -48,12 +60,16 @@ from redis.exceptions import NoScriptError
 from stream.core.drift import DriftWindow, window_fields
 from stream.core.pipeline import BatchResult
 from stream.core.ratecontrol import ThresholdChange
+from stream.core.shadow import ShadowWindow
+from stream.events.samples import Sample, encode_sample
 from stream.core.ports import FenceError
 from stream.errors import ServiceUnavailable
 from stream.events.alerts import HASH_FIELDS, alert_hash, decode_alert_hash
 from stream.settings import Settings
 
-DRIFT_TTL_S = 8 * 86_400  # drift windows are kept a week and a day
+DRIFT_TTL_S = 8 * 86_400  # drift and shadow windows are kept a week and a day
+SAMPLES_MAXLEN = 20_000   # fidelity sample entries kept for txwatch fidelity (one per worker and second)
+SHADOW_PAIR_BLOBS = 200   # shadow score-pair reservoirs kept per challenger
 
 # What "Redis is not reachable right now" looks like from redis-py; reported to the core
 # as ServiceUnavailable, which it retries.
@@ -241,6 +257,94 @@ class RedisStore:
             for start in starts:
                 pipe.hgetall(self.drift_key(version, start))
             return [(start, h) for start, h in zip(starts, pipe.execute()) if h]
+
+    # -- live fidelity sample -----------------------------------------------------------
+    @property
+    def samples_key(self) -> str:
+        """The stream of fidelity samples (stream.events.samples)."""
+        return f"{self.config.prefix}:fidelity:samples"
+
+    def record_sample(self, sample: Sample) -> None:
+        """Append one fidelity sample to the stream (capped, oldest trimmed)."""
+        with _reachable("fidelity sample write"):
+            self.client.xadd(self.samples_key, encode_sample(sample), maxlen=SAMPLES_MAXLEN, approximate=True)
+
+    # -- shadow challenger ----------------------------------------------------------------
+    def shadow_key(self, version: str, start_s: int) -> str:
+        """The hash of one shadow window of a challenger version."""
+        return f"{self.config.prefix}:shadow:{version}:{start_s}"
+
+    def shadow_windows_key(self, version: str) -> str:
+        """The sorted set of a challenger's shadow window starts."""
+        return f"{self.config.prefix}:shadow:windows:{version}"
+
+    def shadow_pairs_key(self, version: str) -> str:
+        """The list of a challenger's score-pair reservoirs."""
+        return f"{self.config.prefix}:shadow:{version}:pairs"
+
+    def shadow_alerts_key(self, version: str) -> str:
+        """The stream of a challenger's would-be alerts (and the champion's, with both scores)."""
+        return f"{self.config.prefix}:shadow:{version}:alerts"
+
+    def record_shadow(self, w: ShadowWindow) -> None:
+        """Add a worker's shadow window to the stored one (one round trip)."""
+        v = w.challenger_version
+        key = self.shadow_key(v, w.start_s)
+        with _reachable("shadow write"):
+            pipe = self.client.pipeline(transaction=False)
+            for name in ("rows", "champion_alerts", "challenger_alerts", "both", "dropped"):
+                pipe.hincrby(key, name, int(getattr(w, name)))
+            pipe.hset(key, "champion", w.champion_version)
+            pipe.expire(key, DRIFT_TTL_S)
+            wkey = self.shadow_windows_key(v)
+            pipe.zadd(wkey, {str(w.start_s): w.start_s})
+            pipe.zremrangebyscore(wkey, "-inf", w.start_s - DRIFT_TTL_S)
+            pipe.expire(wkey, DRIFT_TTL_S)
+            if len(w.pairs):
+                pkey = self.shadow_pairs_key(v)
+                pipe.lpush(pkey, w.pairs.astype("<f8").tobytes())
+                pipe.ltrim(pkey, 0, SHADOW_PAIR_BLOBS - 1)
+                pipe.expire(pkey, DRIFT_TTL_S)
+            akey = self.shadow_alerts_key(v)
+            for event_id, champion, challenger, which in w.would_be:
+                pipe.xadd(akey, {"e": event_id, "c": repr(champion), "s": repr(challenger), "w": which},
+                          maxlen=self.config.alerts_maxlen, approximate=True)
+            if w.would_be:
+                pipe.expire(akey, DRIFT_TTL_S)
+            pipe.execute()
+
+    def shadow_since(self, version: str, since_s: int) -> list[tuple[int, dict]]:
+        """``(start, counters)`` of a challenger's shadow windows that started at or after ``since_s``."""
+        with _reachable("shadow read"):
+            starts = [int(float(x)) for x in self.client.zrangebyscore(self.shadow_windows_key(version), since_s, "+inf")]
+            pipe = self.client.pipeline(transaction=False)
+            for start in starts:
+                pipe.hgetall(self.shadow_key(version, start))
+            return [(start, {k.decode(): v.decode() for k, v in h.items()})
+                    for start, h in zip(starts, pipe.execute()) if h]
+
+    def shadow_pairs(self, version: str) -> "np.ndarray":
+        """The stored (champion, challenger) score pairs of a challenger, newest reservoirs first."""
+        import numpy as np
+
+        with _reachable("shadow read"):
+            blobs = self.client.lrange(self.shadow_pairs_key(version), 0, -1)
+        arrays = [np.frombuffer(b, dtype="<f8") for b in blobs if len(b) % 16 == 0]
+        return np.concatenate(arrays).reshape(-1, 2) if arrays else np.empty((0, 2))
+
+    def shadow_alerts(self, version: str) -> list[dict[str, str]]:
+        """A challenger's stored would-be alerts, oldest first (event_id, champion, challenger, which)."""
+        with _reachable("shadow read"):
+            entries = self.client.xrange(self.shadow_alerts_key(version))
+        return [{"event_id": f[b"e"].decode(), "champion": float(f[b"c"]), "challenger": float(f[b"s"]),
+                 "which": f[b"w"].decode()} for _, f in entries]
+
+    def samples_after(self, cursor: str, count: int = 100, block_ms: int | None = None) -> list[tuple[str, dict]]:
+        """Fidelity sample entries after stream id ``cursor`` (``"0"``: from the oldest kept),
+        ``(id, fields)``, at most ``count``; waits up to ``block_ms`` for one if given."""
+        with _reachable("fidelity sample read"):
+            reply = self.client.xread({self.samples_key: cursor}, count=count, block=block_ms)
+        return [(i.decode(), f) for _, entries in reply for i, f in entries] if reply else []
 
     def alert_ids(self, pkey: str) -> list[str]:
         """Event ids of a partition's alerts in event-time order."""

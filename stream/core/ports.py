@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from stream.core.drift import DriftWindow
     from stream.core.pipeline import BatchResult
     from stream.core.ratecontrol import ThresholdChange
+    from stream.core.shadow import ShadowWindow
+    from stream.events.samples import Sample
     from stream.scoring.profile import Profile
     from stream.scoring.student import Student
 
@@ -83,9 +85,16 @@ class ModelSource(Protocol):
         """The serving model's reference profile (None: drift is not counted for it)."""
         ...
 
+    def poll_challenger(self, champion: "Student") -> "tuple[bool, Student | None]":
+        """``(changed, challenger)``: whether the shadow challenger changed since the last poll,
+        and the one to shadow now (None: none)."""
+        ...
+
 
 class MonitorSink(Protocol):
-    """Where a worker's monitoring records go: drift windows, threshold changes."""
+    """Where a worker's monitoring records go: drift windows, threshold changes, fidelity
+    samples, shadow windows. Each raises ``ServiceUnavailable`` if the store is not reachable
+    (the worker keeps the record, bounded, and hands it over later)."""
 
     def record_drift(self, window: "DriftWindow") -> None:
         """Add one window's counts (to what other workers counted); ``ServiceUnavailable`` if
@@ -94,6 +103,14 @@ class MonitorSink(Protocol):
 
     def record_threshold(self, change: "ThresholdChange") -> None:
         """Append one alert-rate control move; ``ServiceUnavailable`` if not reachable."""
+        ...
+
+    def record_sample(self, sample: "Sample") -> None:
+        """Send scored rows for live teacher fidelity (``txwatch fidelity`` reads them)."""
+        ...
+
+    def record_shadow(self, window: "ShadowWindow") -> None:
+        """Add one window of shadow-challenger scoring (to what other workers counted)."""
         ...
 
 

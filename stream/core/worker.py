@@ -32,6 +32,8 @@ from stream.core.pipeline import BatchResult, Pipeline, partition_key
 from stream.core.drift import DriftCounter, report
 from stream.core.ports import FenceError, ModelSource, MonitorSink, Publish, Record, StateStore
 from stream.core.ratecontrol import RateController, ThresholdChange
+from stream.core.sampling import FidelitySampler
+from stream.core.shadow import Shadow
 from stream.errors import ServiceUnavailable
 from stream.events.alerts import alert_message
 from stream.events.deadletters import dead_letter_record
@@ -76,7 +78,10 @@ class WorkerCore:
         self.drift: DriftCounter | None = None
         self.control: RateController | None = None
         self._changes: list[ThresholdChange] = []     # threshold moves not yet recorded
+        self.sampler: FidelitySampler | None = None
+        self.shadow: Shadow | None = None
         self._start_monitoring(student)
+        self._poll_challenger()
         fail = settings.failpoint
         self._fail_after = int(fail.split(":", 1)[1]) if fail.startswith("exit-after-redis-commit:") else None
 
@@ -92,6 +97,8 @@ class WorkerCore:
         profile = getattr(self.watcher, "profile", None)
         on = self.monitor is not None and profile is not None and s.drift_window_s > 0
         self.drift = DriftCounter(profile, student.version, s.drift_window_s) if on else None
+        self.sampler = (FidelitySampler(s.fidelity_sample_rate, student.version)
+                        if self.monitor is not None and s.fidelity_sample_rate > 0 else None)
         self.pipeline.threshold = None
         self.control = None
         if s.rate_control_target > 0:
@@ -101,6 +108,36 @@ class WorkerCore:
                                           window=s.rate_control_window, every=s.rate_control_every,
                                           model_version=student.version)
             self.metrics.threshold.set(t)
+
+    def _poll_challenger(self) -> None:
+        """Start, change or stop shadowing a challenger as the watcher says (its counts so far
+        are handed over first: they belong to their own pair of models)."""
+        poll = getattr(self.watcher, "poll_challenger", None)
+        if poll is None or self.monitor is None:
+            return
+        changed, challenger = poll(self.student)
+        if not changed:
+            return
+        if self.shadow is not None:
+            self._flush_monitor(force=True)
+        self.shadow = (Shadow(challenger, self.student.version, self.settings.drift_window_s or 60.0)
+                       if challenger is not None else None)
+
+    def _observe(self, done: list[tuple[BatchResult, Sequence[Record], list[str]]]) -> None:
+        """Monitoring of stored batches: drift, alert-rate control, the fidelity sample, the shadow."""
+        for result, _, _ in done:
+            if not result.scored:
+                continue
+            threshold = self.student.threshold if self.pipeline.threshold is None else self.pipeline.threshold
+            if self.drift is not None:
+                self.drift.add(result.features, result.score_array, len(result.alerts))
+            if self.sampler is not None:
+                self.sampler.add(result.event_ids, result.features, result.score_array)
+            if self.shadow is not None:
+                self.shadow.observe(result.event_ids, result.features, result.score_array, threshold)
+            if self.control is not None:
+                self._control(result.score_array)
+        self._flush_monitor()
 
     def _control(self, scores) -> None:
         """Feed alert-rate control a batch's scores; a move applies from the next batch on."""
@@ -112,8 +149,8 @@ class WorkerCore:
             log.info("alert threshold %.6g -> %.6g: %s", change.old, change.new, change.why)
 
     def _flush_monitor(self, force: bool = False) -> None:
-        """Hand threshold moves and a finished drift window to the sink (what it cannot take
-        now is kept and handed over with the next)."""
+        """Hand threshold moves, the fidelity sample, a finished shadow window and a finished
+        drift window to the sink (what it cannot take now is kept and handed over with the next)."""
         if self.monitor is None:
             return
         try:
@@ -122,6 +159,21 @@ class WorkerCore:
                 self._changes.pop(0)
         except ServiceUnavailable as exc:
             log.warning("threshold changes not recorded yet (%s); kept for later", exc)
+        sample = self.sampler.take(force) if self.sampler is not None else None
+        if sample is not None:
+            try:
+                self.monitor.record_sample(sample)
+            except ServiceUnavailable as exc:
+                log.warning("fidelity sample not sent (%s); kept for the next send", exc)
+                self.sampler.restore(sample)
+        if self.shadow is not None and (force or self.shadow.due()):
+            window = self.shadow.take()
+            if window is not None:
+                try:
+                    self.monitor.record_shadow(window)
+                except ServiceUnavailable as exc:
+                    log.warning("shadow window not stored (%s); kept for the next one", exc)
+                    self.shadow.restore(window)
         if self.drift is None or not (force or self.drift.due()):
             return
         window = self.drift.take()
@@ -219,14 +271,8 @@ class WorkerCore:
         self._fail_point()
         await self._publish_after_commit([result for result, _, _ in done], messages)
         self._count(done)
-        if self.drift is not None or self.control is not None:
-            for result, _, _ in done:
-                if result.scored:
-                    if self.drift is not None:
-                        self.drift.add(result.features, result.score_array, len(result.alerts))
-                    if self.control is not None:
-                        self._control(result.score_array)
-            self._flush_monitor()
+        if self.drift is not None or self.control is not None or self.sampler is not None or self.shadow is not None:
+            self._observe(done)
         self._maybe_log()
         return [result for result, _, _ in done]
 
@@ -323,6 +369,8 @@ class WorkerCore:
             self._flush_monitor(force=True)  # the old model's counts belong to its own windows
             self.pipeline.student = new
             self._start_monitoring(new)
+            self.shadow = None               # the challenger is judged again against the new champion
+        self._poll_challenger()
 
     def _maybe_log(self) -> None:
         if time.monotonic() >= self._next_log:

@@ -1,10 +1,12 @@
-"""Drift end to end: events through the worker core into Redis windows, then ``txwatch drift``.
+"""Drift and live fidelity end to end: events through the worker core into Redis (drift windows
+and the fidelity sample), then ``txwatch drift`` and ``txwatch fidelity``.
 
 The reference profile is the training period of the session's small history. Traffic without
 drift is that period's events delivered again to a fresh worker: the alarm stays off. Traffic
 with drift is the same events with every amount five times larger and the anomaly scenarios'
 events repeated (a shifted amount distribution and a new scenario mix): the alarm fires, on the
-amount features. (A new simulation with another seed is not a no-drift control here: its asset
+amount features, and the student's live agreement with its teacher falls (on the shifted
+amounts the student extrapolates where the teacher's trees differ). (A new simulation with another seed is not a no-drift control here: its asset
 prices take another path, and the 24-hour USD volume's PSI reaches 0.26, which is what the
 monitor should report when the market moves.)
 """
@@ -12,6 +14,8 @@ monitor should report when the market moves.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import uuid
 
 import orjson
@@ -24,6 +28,7 @@ from stream.metrics import WorkerMetrics
 from stream.scoring.profile import load_profile
 from stream.scoring.student import load_student
 from stream.settings import load_settings
+from tests.doubles import StaticWatcher
 from txwatch.cli import main
 from txwatch.local.embedded import EmbeddedRedis
 
@@ -53,26 +58,23 @@ def _drifted(events):
     return out
 
 
-class Watcher:
-    def __init__(self, profile) -> None:
-        self.profile = profile
-
-    def poll(self):
-        return None
+SAMPLE_RATE = 0.2    # ~7,000 sampled rows: the fidelity figures' own noise stays well under the shift
+ONE_WINDOW = ("--window-s", "1000000")   # every sample of a run in one fidelity window
 
 
 def _run_worker(models, redis_url: str, prefix: str, events) -> None:
-    """The worker core on a real Redis (states, alerts and drift windows), with every event."""
+    """The worker core on a real Redis (states, alerts, drift windows, fidelity sample), with every event."""
     import redis
 
     store = RedisStore(redis.Redis.from_url(redis_url), StoreConfig(prefix=prefix))
-    settings = load_settings(model_dir=str(models["student"]), redis_prefix=prefix, drift_window_s=3600)
+    settings = load_settings(model_dir=str(models["student"]), redis_prefix=prefix, drift_window_s=3600,
+                             fidelity_sample_rate=SAMPLE_RATE)
 
     async def publish(topic, items):
         return None
 
     core = WorkerCore(settings, store, load_student(models["student"]), publish, WorkerMetrics(),
-                      Watcher(load_profile(models["student"])), monitor=store)
+                      StaticWatcher(load_profile(models["student"])), monitor=store)
     recs = [Record("events", 0, i, orjson.dumps(e), e["account_id"].encode(), None) for i, e in enumerate(events)]
 
     async def go():
@@ -90,18 +92,66 @@ def _drift_cli(models, redis_url: str, prefix: str, monkeypatch, capsys) -> tupl
     return rc, orjson.loads(capsys.readouterr().out)
 
 
-def test_no_drift_no_alarm(models, redis_server, traffic, monkeypatch, capsys):
-    prefix = f"d{uuid.uuid4().hex[:8]}"
-    _run_worker(models, redis_server.url, prefix, traffic)
-    rc, rep = _drift_cli(models, redis_server.url, prefix, monkeypatch, capsys)
+def _fidelity_cli(models, redis_url: str, prefix: str, monkeypatch, capsys, *args) -> tuple[int, dict, str]:
+    monkeypatch.setenv("TXWATCH_REDIS_URL", redis_url)
+    monkeypatch.setenv("TXWATCH_REDIS_PREFIX", prefix)
+    monkeypatch.setenv("TXWATCH_MODEL_DIR", str(models["student"]))
+    rc = main(["fidelity", "--once", *ONE_WINDOW, *args])
+    out = capsys.readouterr()
+    return rc, orjson.loads(out.out), out.err
+
+
+@pytest.fixture(scope="module")
+def runs(models, redis_server, traffic):
+    """``{"clean": prefix, "drifted": prefix}``: the worker run on each traffic, into its own keys."""
+    out = {}
+    for name, events in (("clean", traffic), ("drifted", _drifted(traffic))):
+        out[name] = f"d{uuid.uuid4().hex[:8]}"
+        _run_worker(models, redis_server.url, out[name], events)
+    return out
+
+
+@pytest.fixture(scope="module")
+def live_fidelity(models, redis_server, runs):
+    """The one fidelity window of each run, as ``txwatch fidelity --once`` judged it, with its exit status."""
+    mp = pytest.MonkeyPatch()
+    out = {}
+    try:
+        for name, prefix in runs.items():
+            mp.setenv("TXWATCH_REDIS_URL", redis_server.url)
+            mp.setenv("TXWATCH_REDIS_PREFIX", prefix)
+            mp.setenv("TXWATCH_MODEL_DIR", str(models["student"]))
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = main(["fidelity", "--once", *ONE_WINDOW])
+            out[name] = (rc, orjson.loads(buf.getvalue()))
+    finally:
+        mp.undo()
+    return out
+
+
+def test_no_drift_no_alarm(models, redis_server, runs, live_fidelity, monkeypatch, capsys):
+    rc, rep = _drift_cli(models, redis_server.url, runs["clean"], monkeypatch, capsys)
     assert rep["rows"] > 30_000 and rep["verdict"] == "stable", (rep["alarms"], rep["top_features"], rep["score_psi"])
     assert rc == 0 and rep["score_psi"] < 0.1
+    # Live fidelity: one judged window of about SAMPLE_RATE of the rows, within the profile's bounds.
+    rc, fid = live_fidelity["clean"]
+    (window,) = fid["windows"]
+    assert abs(window["rows"] - SAMPLE_RATE * rep["rows"]) < 0.05 * rep["rows"], (window["rows"], rep["rows"])
+    assert window["judged"] and window["alarms"] == [] and rc == 0 and fid["verdict"] == "ok"
+    assert window["live"]["spearman"] >= window["bounds"]["spearman"]["min"]
 
 
-def test_shifted_amounts_and_scenario_mix_raise_the_alarm(models, redis_server, traffic, monkeypatch, capsys,
-                                                          tmp_path):
-    prefix = f"d{uuid.uuid4().hex[:8]}"
-    _run_worker(models, redis_server.url, prefix, _drifted(traffic))
+def test_shifted_amounts_and_scenario_mix_raise_the_alarm_and_fidelity_falls(
+        models, redis_server, runs, live_fidelity, monkeypatch, capsys, tmp_path):
+    prefix = runs["drifted"]
+    # Live fidelity falls: the student follows its teacher less closely on drifted traffic
+    # than on the clean traffic, on every figure measured.
+    clean = live_fidelity["clean"][1]["windows"][0]["live"]
+    drifted = live_fidelity["drifted"][1]["windows"][0]["live"]
+    assert drifted["spearman"] < clean["spearman"] - 0.005, (clean, drifted)
+    assert drifted["mean_abs_diff"] > 1.3 * clean["mean_abs_diff"], (clean, drifted)
+    assert drifted["kl"] > clean["kl"], (clean, drifted)
     rc, rep = _drift_cli(models, redis_server.url, prefix, monkeypatch, capsys)
     assert rc == 1 and rep["verdict"] == "drift"
     assert rep["features"]["log_usd"]["psi"] > 0.25
@@ -130,3 +180,62 @@ def test_a_model_without_a_profile_is_a_clear_error(models, redis_server, tmp_pa
     monkeypatch.setenv("TXWATCH_MODEL_DIR", str(old))
     assert main(["drift"]) == 2
     assert "no reference profile" in capsys.readouterr().err
+
+
+def test_fidelity_refuses_samples_of_unknown_versions_and_malformed_entries(models, redis_server, monkeypatch,
+                                                                            capsys):
+    import numpy as np
+    import redis
+
+    from stream.events.samples import Sample
+
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_server.url)
+    store = RedisStore(client, StoreConfig(prefix=prefix))
+    n_features = len(load_student(models["student"]).feature_names)
+    store.record_sample(Sample("nobody-promoted-this", 1_700_000_000_000, ["e1", "e2"], np.array([0.1, 0.2]),
+                               np.zeros((2, n_features))))
+    client.xadd(store.samples_key, {"v": "x", "n": "3", "at": "1"})          # no rows at all
+    rc, rep, err = _fidelity_cli(models, redis_server.url, prefix, monkeypatch, capsys)
+    assert rc == 1 and rep["verdict"] == "alarm" and rep["windows"] == []
+    assert rep["unknown_versions"] == {"nobody-promoted-this": 2} and rep["bad_entries"] == 1 and rep["entries"] == 2
+    assert any("nobody-promoted-this refused" in a and "no model directory txwatch knows" in a for a in rep["alarms"])
+    # The cursor is kept: a second run reads nothing again.
+    rc, rep, _ = _fidelity_cli(models, redis_server.url, prefix, monkeypatch, capsys)
+    assert rc == 0 and rep["entries"] == 0
+
+
+def test_fidelity_alarm_when_the_student_follows_its_teacher_less_than_its_profile_says(
+        models, dataset, redis_server, tmp_path, monkeypatch, capsys):
+    """The good student with a profile claiming perfect agreement (as in the promotion tests):
+    live, on its own traffic, its top-1 % overlap with the teacher is below that claim."""
+    import json
+
+    import redis
+
+    from stream.events.samples import Sample
+    from tests.lifecycle.test_promote import rewrite
+
+    perfect = {"spearman": 1.0, "top_k_overlap": 1.0, "mean_abs_diff": 0.0}
+
+    def edit(manifest, files):
+        profile = json.loads(files["profile.json"])
+        profile["fidelity"].update(perfect)
+        files["profile.json"] = json.dumps(profile).encode()
+        manifest["profile"]["fidelity"].update(perfect)
+
+    overclaiming = rewrite(models["student"], tmp_path / "overclaiming", edit)
+    student = load_student(overclaiming)
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    store = RedisStore(redis.Redis.from_url(redis_server.url), StoreConfig(prefix=prefix))
+    X = dataset.X[:20_000]
+    for i in range(0, len(X), 5000):    # as four workers' sends would hold them
+        rows = X[i:i + 5000]
+        store.record_sample(Sample(student.version, 1_700_000_000_000 + i, [f"e{j}" for j in range(i, i + len(rows))],
+                                   student.score(rows), rows))
+    monkeypatch.setenv("TXWATCH_MODEL_DIR", str(overclaiming))
+    rc, rep, err = _fidelity_cli({"student": overclaiming}, redis_server.url, prefix, monkeypatch, capsys)
+    (window,) = rep["windows"]
+    assert rc == 1 and window["rows"] == 20_000 and window["judged"]
+    assert any(a.startswith("fidelity top_k_overlap: measured") for a in window["alarms"]), window["alarms"]
+    assert f"txwatch: fidelity: {student.version}: fidelity top_k_overlap: measured" in err

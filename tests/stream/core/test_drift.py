@@ -84,39 +84,6 @@ def test_the_report_reads_a_shift_and_not_its_absence():
     assert drift["score_psi"] > 0.25 and drift["alert_rate"] > 2 * same["alert_rate"]
 
 
-class Sink:
-    """A monitoring sink in memory; ``down`` makes it refuse as an unreachable Redis does."""
-
-    def __init__(self) -> None:
-        self.windows: list[DriftWindow] = []
-        self.changes: list = []
-        self.down = False
-
-    def record_drift(self, window: DriftWindow) -> None:
-        from stream.errors import ServiceUnavailable
-
-        if self.down:
-            raise ServiceUnavailable("Redis drift write: down")
-        self.windows.append(window)
-
-    def record_threshold(self, change) -> None:
-        from stream.errors import ServiceUnavailable
-
-        if self.down:
-            raise ServiceUnavailable("Redis threshold write: down")
-        self.changes.append(change)
-
-
-class Watcher:
-    """A model source that never changes the model, with its reference profile."""
-
-    def __init__(self, profile) -> None:
-        self.profile = profile
-
-    def poll(self):
-        return None
-
-
 def test_the_worker_counts_every_scored_row_and_hands_over_finished_windows(models, small_history):
     import asyncio
 
@@ -128,16 +95,16 @@ def test_the_worker_counts_every_scored_row_and_hands_over_finished_windows(mode
     from stream.scoring.profile import load_profile
     from stream.scoring.student import load_student
     from stream.settings import load_settings
-    from tests.doubles import MemoryStore
+    from tests.doubles import MemorySink, MemoryStore, StaticWatcher
 
     async def publish(topic, items):
         return None
 
     profile = load_profile(models["student"])
-    sink = Sink()
+    sink = MemorySink()
     metrics = WorkerMetrics()
     core = WorkerCore(load_settings(model_dir=str(models["student"]), drift_window_s=3600), MemoryStore(),
-                      load_student(models["student"]), publish, metrics, Watcher(profile), monitor=sink)
+                      load_student(models["student"]), publish, metrics, StaticWatcher(profile), monitor=sink)
     evs = small_history[:3000]
     recs = [Record("t", 0, i, orjson.dumps(e), b"k", None) for i, e in enumerate(evs)]
     results = asyncio.run(core.handle(recs))
@@ -153,5 +120,5 @@ def test_the_worker_counts_every_scored_row_and_hands_over_finished_windows(mode
     assert metrics.score_psi._value.get() >= 0.0                      # the window's PSI is exported
 
     off = WorkerCore(load_settings(model_dir=str(models["student"]), drift_window_s=0), MemoryStore(),
-                     load_student(models["student"]), publish, WorkerMetrics(), Watcher(profile), monitor=sink)
+                     load_student(models["student"]), publish, WorkerMetrics(), StaticWatcher(profile), monitor=sink)
     assert off.drift is None

@@ -78,17 +78,16 @@ def test_the_worker_moves_the_threshold_records_each_move_and_alerts_carry_their
     from stream.metrics import WorkerMetrics
     from stream.scoring.student import load_student
     from stream.settings import load_settings
-    from tests.doubles import MemoryStore
-    from tests.stream.core.test_drift import Sink, Watcher
+    from tests.doubles import MemorySink, MemoryStore, StaticWatcher
 
     async def publish(topic, items):
         return None
 
     student = load_student(models["student"])
-    sink = Sink()
+    sink = MemorySink()
     settings = load_settings(model_dir=str(models["student"]), rate_control_target=0.002, rate_control_every=500,
                              rate_control_window=2000, rate_control_bounds="0.5,4")
-    core = WorkerCore(settings, MemoryStore(), student, publish, WorkerMetrics(), Watcher(None), monitor=sink)
+    core = WorkerCore(settings, MemoryStore(), student, publish, WorkerMetrics(), StaticWatcher(None), monitor=sink)
     sink.down = True                                  # Redis away at first: the moves are kept
     recs = [Record("t", 0, i, orjson.dumps(e), b"k", None) for i, e in enumerate(small_history[:6000])]
 
