@@ -400,6 +400,32 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(a: argparse.Namespace) -> int:
+    import os
+
+    from lifecycle import registry, shadow
+    from lifecycle.retrain import retrain
+    from stream.settings import load_settings
+
+    install = None
+    settings = load_settings()
+    served = settings.model_dir
+    if not a.no_install:
+        settings, client = _model_registry()
+        served = registry.current(client, settings.redis_prefix, settings.model_dir)  # Redis checked before training
+        shadow.current(client, settings.redis_prefix)
+
+        def install(student_dir: str) -> dict:
+            return shadow.set_challenger(client, settings.redis_prefix, served, student_dir,
+                                         who=os.environ.get("USER") or "cli", why=a.why or "txwatch retrain")
+    params = {"n_estimators": a.trees, "num_leaves": a.leaves, "learning_rate": a.learning_rate,
+              "early_stopping_rounds": a.early_stopping}
+    _print_json(retrain(a.events, a.labels, a.out, served_dir=served, teacher_params=params,
+                        leaf_budget=a.leaf_budget, seed=a.seed, install=install, log=_log(a.quiet),
+                        progress=not a.quiet))
+    return 0
+
+
 def cmd_fidelity(a: argparse.Namespace) -> int:
     import signal
 
@@ -573,6 +599,23 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--why", help="reason, kept with the challenger record")
     mc.add_argument("--clear", action="store_true", help="stop shadowing")
     mo.set_defaults(func=cmd_models)
+
+    rt = sub.add_parser("retrain", help="teacher and student from history plus reviewers' labels, evaluated, "
+                        "installed as shadow challenger (never served directly)")
+    rt.add_argument("--events", required=True, help="the history (.jsonl/.parquet)")
+    rt.add_argument("--labels", required=True, help="reviewers' labels file (txwatch labels export)")
+    rt.add_argument("--out", required=True, help="directory for teacher/, student/ and evaluation/")
+    rt.add_argument("--trees", type=_positive_int, default=1500, help="teacher: maximum trees (default 1500)")
+    rt.add_argument("--leaves", type=_positive_int, default=63, help="teacher: leaves per tree (default 63)")
+    rt.add_argument("--learning-rate", type=float, default=0.03, help="teacher (default 0.03)")
+    rt.add_argument("--early-stopping", type=_positive_int, default=200, help="teacher: rounds without validation "
+                    "gain (default 200)")
+    rt.add_argument("--leaf-budget", type=_fraction, default=0.01, help="student: leaves as a share of the teacher's "
+                    "(default 0.01)")
+    rt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    rt.add_argument("--why", help="reason, kept with the challenger record")
+    rt.add_argument("--no-install", action="store_true", help="only write and evaluate the artifacts")
+    rt.set_defaults(func=cmd_retrain)
 
     fi = sub.add_parser("fidelity", help="score the workers' fidelity sample with the teachers, per window (JSON; "
                         "exit 1 on an alarm)")

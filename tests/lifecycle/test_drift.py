@@ -58,7 +58,10 @@ def _drifted(events):
     return out
 
 
-SAMPLE_RATE = 0.2    # ~7,000 sampled rows: the fidelity figures' own noise stays well under the shift
+# Every scored row goes to the fidelity sample: at 20 % (7,000 rows) mean |dp| and KL, which a
+# few tail rows dominate, moved by as much between two runs as the drift moves them. How the
+# sampler keeps its rate is tested on its own (tests/stream/core/test_shadow.py).
+SAMPLE_RATE = 1.0
 ONE_WINDOW = ("--window-s", "1000000")   # every sample of a run in one fidelity window
 
 
@@ -137,7 +140,7 @@ def test_no_drift_no_alarm(models, redis_server, runs, live_fidelity, monkeypatc
     # Live fidelity: one judged window of about SAMPLE_RATE of the rows, within the profile's bounds.
     rc, fid = live_fidelity["clean"]
     (window,) = fid["windows"]
-    assert abs(window["rows"] - SAMPLE_RATE * rep["rows"]) < 0.05 * rep["rows"], (window["rows"], rep["rows"])
+    assert window["rows"] == rep["rows"]
     assert window["judged"] and window["alarms"] == [] and rc == 0 and fid["verdict"] == "ok"
     assert window["live"]["spearman"] >= window["bounds"]["spearman"]["min"]
 
@@ -150,8 +153,8 @@ def test_shifted_amounts_and_scenario_mix_raise_the_alarm_and_fidelity_falls(
     clean = live_fidelity["clean"][1]["windows"][0]["live"]
     drifted = live_fidelity["drifted"][1]["windows"][0]["live"]
     assert drifted["spearman"] < clean["spearman"] - 0.005, (clean, drifted)
-    assert drifted["mean_abs_diff"] > 1.3 * clean["mean_abs_diff"], (clean, drifted)
-    assert drifted["kl"] > clean["kl"], (clean, drifted)
+    assert drifted["mean_abs_diff"] > 2 * clean["mean_abs_diff"], (clean, drifted)
+    assert drifted["kl"] > 2 * clean["kl"], (clean, drifted)
     rc, rep = _drift_cli(models, redis_server.url, prefix, monkeypatch, capsys)
     assert rc == 1 and rep["verdict"] == "drift"
     assert rep["features"]["log_usd"]["psi"] > 0.25

@@ -277,7 +277,8 @@ def test_rollback_twice_returns_through_the_history(models, other, events_file, 
     code, status, _ = cli(capsys, "models", "status")
     assert code == 0
     assert status["served"] == {"dir": str(served), "version": read_artifact(served)[0]["model_version"],
-                                "source": registry.pointer_key(prefix)}
+                                "source": registry.pointer_key(prefix), "fidelity": None}   # no txwatch fidelity ran
+    assert status["challenger"] is None
     assert [r["why"] for r in status["history"]] == ["", "C misbehaves", "C", "B"]
 
 
