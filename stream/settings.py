@@ -63,7 +63,8 @@ class Settings(BaseSettings):
 
     drift_window_s: float = Field(60.0, ge=0, description="drift: each worker counts every feature's and the "
                                   "score's histogram against the model's reference profile and adds it to Redis once "
-                                  "per window of this many seconds (0: off); txwatch drift reads them")
+                                  "per window of this many seconds (0: off); txwatch drift reads them. The shadow "
+                                  "challenger's counts use the same windows (60 s when this is 0)")
 
     fidelity_sample_rate: float = Field(0.01, ge=0, le=1, description="live fidelity: the share of scored rows each "
                                         "worker sends, with the student's score and version, to Redis for txwatch "

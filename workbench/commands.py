@@ -155,17 +155,11 @@ def cmd_audit(a: argparse.Namespace) -> int:
 # -- txwatch labels export ------------------------------------------------------------------
 
 def _labels_from_db(settings) -> list[dict]:
-    from sqlalchemy import select
-
-    from stream.events.labels import decode
-    from workbench.models import OutboxMessage
+    from workbench.health import labels_of_record
 
     db = _db(settings)
     with db.sessions() as s:
-        rows = s.execute(select(OutboxMessage.payload).where(OutboxMessage.sink == "kafka",
-                                                             OutboxMessage.target == settings.reviews_topic)
-                         .order_by(OutboxMessage.id)).scalars().all()
-    return [decode(p) for p in rows]
+        return labels_of_record(s, settings.reviews_topic)
 
 
 def _labels_from_kafka(settings, idle_s: float = 2.0) -> list[dict]:

@@ -68,7 +68,7 @@ from stream.events.alerts import HASH_FIELDS, alert_hash, decode_alert_hash
 from stream.settings import Settings
 
 DRIFT_TTL_S = 8 * 86_400  # drift and shadow windows are kept a week and a day
-SAMPLES_MAXLEN = 20_000   # fidelity sample entries kept for txwatch fidelity (one per worker and second)
+SAMPLES_MAXLEN = 2_000    # fidelity sample entries kept for txwatch fidelity (at most one per worker and second)
 SHADOW_PAIR_BLOBS = 200   # shadow score-pair reservoirs kept per challenger
 
 # What "Redis is not reachable right now" looks like from redis-py; reported to the core

@@ -188,6 +188,12 @@ class WorkerCore:
         self.metrics.observe_drift(report(self.drift.profile, window.rows, window.alerts, window.features,
                                           window.score))
 
+    def flush_monitoring(self) -> None:
+        """On a graceful stop: hand over the open drift and shadow windows and the waiting
+        fidelity sample now, rather than lose them with the process (a sink that does not
+        answer loses them; the stop deadline bounds the wait)."""
+        self._flush_monitor(force=True)
+
     def revoke(self, topic: str, partition: int) -> None:
         """Drop a revoked partition's cached states (and read its outbox again if it returns)."""
         pkey = partition_key(topic, partition)

@@ -135,6 +135,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
             _stop_worker(exc)
         finally:
             flusher.cancel()
+            core.flush_monitoring()  # open drift/shadow windows and the waiting sample, not lost with the process
 
     @app.timer(interval=min(settings.model_poll_s, settings.log_interval_s))
     async def housekeeping() -> None:

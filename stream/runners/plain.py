@@ -112,6 +112,7 @@ async def run_plain(settings: Settings, *, metrics: WorkerMetrics | None = None,
             await core.published()
             if stored:
                 await _commit(consumer, stored)
+            await asyncio.to_thread(core.flush_monitoring)
         finally:
             await consumer.stop()
     finally:

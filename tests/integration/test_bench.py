@@ -17,7 +17,7 @@ def test_bench_stream_runs_every_phase(kafka, redis_server, events_file, models,
     r = bench_stream(str(events_file), str(models["student"]), n=n, partitions=2, latency_rate=600,
                      latency_seconds=6, workdir=str(tmp_path))
     assert r["events"] == n and r["broker"] == "configured"
-    for phase in ("aiokafka_drain", "faust_noop", "core_plain", "faust_worker", "scale_out"):
+    for phase in ("aiokafka_drain", "faust_noop", "core_plain_bare", "core_plain", "faust_worker", "scale_out"):
         # All records processed; the rate is None when a phase this small finished within
         # one poll of the stored offsets (the full-size bench runs for seconds per phase).
         rate = r[phase]["events_per_s"]
@@ -30,3 +30,11 @@ def test_bench_stream_runs_every_phase(kafka, redis_server, events_file, models,
         assert 1 <= len(lat["p99_ms_by_5s"]) <= 2  # 6 s of sends: two 5 s windows (one may hold no alert)
     transport = r["transport_latency"]
     assert transport["received"] == transport["events"] == 3600
+    # The monitored phases really ran drift, the fidelity sample and the shadow challenger
+    # (handed to Redis at the stop at the latest), and each step's cost per event was timed.
+    seen = r["core_plain"]["monitored"]
+    assert seen["drift_rows"] == seen["shadow_rows"] > 0.9 * n, seen
+    assert 0 < seen["fidelity_sample_rows"] < 0.05 * n, seen
+    cost = r["monitoring_cost"]["us_per_event"]
+    assert set(cost) == {"pipeline_parse_features_score", "drift", "fidelity_sample", "shadow_challenger"}
+    assert all(v > 0 for v in cost.values()), cost

@@ -14,7 +14,14 @@ Everything runs in one invocation against the same broker and Redis (embedded un
 * ``transport_latency``: the floor under it: produce time to a bare aiokafka group
   consumer receiving the record, same producer, same offered rate, no processing;
 * ``scale_out``: two faust worker processes in one group on the same topic;
-* worker peak RSS (``VmHWM``) of the worker processes.
+* worker peak RSS (``VmHWM``) of the worker processes;
+* ``core_plain_bare``: ``core_plain`` with the production monitoring off (no drift windows,
+  no fidelity sample, no challenger), for comparison: every other worker phase runs with
+  drift on (``TXWATCH_DRIFT_WINDOW_S``), the fidelity sample on (``TXWATCH_FIDELITY_SAMPLE_RATE``)
+  and a shadow challenger loaded (a copy of the model under another version name: the
+  challenger costs what the champion costs);
+* ``monitoring_cost``: each of those three timed alone on the same events' feature rows, in
+  microseconds per event, with the pipeline's own cost per event beside them.
 
 Rates exclude start-up and group joins: they are counted from the first processed batch.
 """
@@ -35,6 +42,7 @@ from typing import Callable
 import numpy as np
 import orjson
 
+from stream.adapters.model_watcher import challenger_key
 from stream.settings import Settings, load_settings
 
 
@@ -161,7 +169,6 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
     from stream.adapters.kafka import ensure_topics
     from stream.events.files import iter_payloads
     from stream.events.schema import account_key
-    from stream.runners.plain import run_plain
     from stream.scoring.student import load_student
 
     work = Path(workdir)
@@ -183,16 +190,26 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         tag = uuid.uuid4().hex[:6]
         topic = f"bench-{tag}"
 
-        def settings_for(name: str, **kw) -> Settings:
-            return load_settings(**{**overrides, "input_topics": topic, "partitions": partitions,
-                                    "group_id": f"{name}-{tag}", "redis_prefix": f"bench-{name}-{tag}",
-                                    "dead_letter_topic": f"{topic}-dlq", "alerts_topic": f"{topic}-alerts",
-                                    "model_dir": model_dir, "metrics_port": 0, "session_timeout_s": 6,
-                                    "rebalance_timeout_s": 6, "log_interval_s": 5, **kw})
+        challenger = _challenger_copy(model_dir, work / "challenger")
+        client_box: list = []
+
+        def settings_for(name: str, monitoring: bool = True, **kw) -> Settings:
+            s = load_settings(**{**overrides, "input_topics": topic, "partitions": partitions,
+                                 "group_id": f"{name}-{tag}", "redis_prefix": f"bench-{name}-{tag}",
+                                 "dead_letter_topic": f"{topic}-dlq", "alerts_topic": f"{topic}-alerts",
+                                 "model_dir": model_dir, "metrics_port": 0, "session_timeout_s": 6,
+                                 "rebalance_timeout_s": 6, "log_interval_s": 5,
+                                 **({} if monitoring else {"drift_window_s": 0, "fidelity_sample_rate": 0}), **kw})
+            if monitoring and client_box:
+                client_box[0].set(challenger_key(s.redis_prefix), orjson.dumps({"dir": str(challenger)}))
+            return s
 
         s0 = settings_for("setup")
         ensure_topics(s0)
         client = redis.Redis.from_url(s0.redis_url)
+        client_box.append(client)
+        result["monitoring"] = {"drift_window_s": s0.drift_window_s, "fidelity_sample_rate": s0.fidelity_sample_rate,
+                                "challenger": str(challenger)}
         log(f"producing {n:,} events to {topic} ({partitions} partitions)")
         seconds = asyncio.run(_produce(s0, topic, payloads, keys))
         result["produce"] = {"seconds": round(seconds, 3), "events_per_s": round(n / seconds)}
@@ -209,25 +226,15 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         lines = [ln[ln.index('{"records"'):] for ln in output.splitlines() if '{"records"' in ln]
         result["faust_noop"] = orjson.loads(lines[-1]) if lines else {"error": (done.stdout + done.stderr)[-500:]}
 
-        log("pipeline core on the plain aiokafka runner")
+        log("pipeline core on the plain aiokafka runner, monitoring off")
+        result["core_plain_bare"] = _core_plain(client, settings_for("bare", monitoring=False), topic, n)
+        log("pipeline core on the plain aiokafka runner, drift, fidelity sample and challenger on")
         s_plain = settings_for("plain")
-        stop = asyncio.Event()
-        rate_box: dict = {}
+        result["core_plain"] = _core_plain(client, s_plain, topic, n)
+        result["core_plain"]["monitored"] = _monitored(client, s_plain, student.version, f"{student.version}-challenger")
 
-        def watch() -> None:
-            rate_box.update(_wait_rate(client, s_plain, topic, n, []))
-            stop.set()
-
-        async def plain() -> None:
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
-            task = asyncio.create_task(run_plain(s_plain, stop=stop))
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-            await task
-
-        asyncio.run(plain())
-        result["core_plain"] = rate_box
+        log("monitoring cost per event (drift, fidelity sample, shadow challenger)")
+        result["monitoring_cost"] = _monitoring_cost(payloads[:50_000], model_dir, str(challenger), s0)
 
         log("one faust worker, end to end")
         s_faust = settings_for("faust")
@@ -278,12 +285,123 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
 
     fw, noop = result.get("faust_worker", {}), result.get("faust_noop", {})
     if fw.get("events_per_s") and noop.get("events_per_s"):
+        bare, core = result.get("core_plain_bare", {}), result.get("core_plain", {})
         result["ratios"] = {
+            "core_monitoring_on_over_off": round(core["events_per_s"] / bare["events_per_s"], 3)
+            if core.get("events_per_s") and bare.get("events_per_s") else None,
             "faust_worker_over_noop": round(fw["events_per_s"] / noop["events_per_s"], 3),
             "two_workers_over_one": round(result["scale_out"]["events_per_s"] / fw["events_per_s"], 3)
             if result.get("scale_out", {}).get("events_per_s") else None,
         }
     return result
+
+
+def _challenger_copy(model_dir: str, out: Path) -> Path:
+    """The model under another version name, verified like any artifact (a challenger as dear as the champion)."""
+    import shutil
+
+    from stream.scoring.artifact import read_artifact, write_artifact
+
+    manifest, files = read_artifact(model_dir)
+    manifest = {k: v for k, v in manifest.items() if k not in ("files", "format")}
+    manifest["model_version"] = f"{manifest['model_version']}-challenger"
+    if out.exists():
+        shutil.rmtree(out)
+    write_artifact(out, files, manifest)
+    return out
+
+
+def _core_plain(client, s: Settings, topic: str, n: int) -> dict:
+    """The plain runner in this process until it has stored ``n`` events; its rate."""
+    from stream.runners.plain import run_plain
+
+    stop = asyncio.Event()
+    rate_box: dict = {}
+
+    def watch() -> None:
+        rate_box.update(_wait_rate(client, s, topic, n, []))
+        stop.set()
+
+    async def plain() -> None:
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        task = asyncio.create_task(run_plain(s, stop=stop))
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await task
+
+    asyncio.run(plain())
+    return rate_box
+
+
+def _monitored(client, s: Settings, version: str, challenger_version: str) -> dict:
+    """What a phase's workers handed to Redis: rows counted in drift windows, rows scored in
+    shadow, rows in the fidelity sample (proof that the monitoring ran)."""
+    from stream.adapters.redis_store import RedisStore, StoreConfig
+
+    store = RedisStore(client, StoreConfig(prefix=s.redis_prefix))
+    return {"drift_rows": sum(int(h.get(b"rows", 0)) for _, h in store.drift_since(version, 0)),
+            "shadow_rows": sum(int(w.get("rows", 0)) for _, w in store.shadow_since(challenger_version, 0)),
+            "fidelity_sample_rows": sum(int(f[b"n"]) for _, f in client.xrange(store.samples_key))}
+
+
+def _monitoring_cost(payloads: list[bytes], model_dir: str, challenger_dir: str, s: Settings) -> dict:
+    """Microseconds per event of each monitoring step, timed alone on the pipeline's own
+    batches (``batch_max`` rows) of these events, best of three passes."""
+    from stream.core.drift import DriftCounter
+    from stream.core.pipeline import Pipeline
+    from stream.core.ports import Record
+    from stream.core.sampling import FidelitySampler
+    from stream.core.shadow import Shadow
+    from stream.scoring.profile import load_profile
+    from stream.scoring.student import load_student
+
+    class Empty:
+        def load(self, pkey, accounts):
+            return {}
+
+        def offset(self, pkey):
+            return -1
+
+    student, challenger = load_student(model_dir), load_student(challenger_dir)
+    profile = load_profile(model_dir)
+    pipe = Pipeline(student, Empty())
+    batches = []
+    t0 = time.perf_counter()
+    for i in range(0, len(payloads), s.batch_max):
+        recs = [Record("bench", 0, i + j, p) for j, p in enumerate(payloads[i:i + s.batch_max])]
+        r = pipe.process(recs)
+        if r.scored:
+            batches.append((r.event_ids, r.features, r.score_array, len(r.alerts)))
+    pipeline_s = time.perf_counter() - t0
+    rows = sum(len(b[0]) for b in batches)
+
+    def best(step) -> float:
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        return round(min(times) / rows * 1e6, 3)
+
+    def drift():
+        c = DriftCounter(profile, student.version, 60.0)
+        for _, X, p, a in batches:
+            c.add(X, p, a)
+
+    def sample():
+        f = FidelitySampler(s.fidelity_sample_rate or 0.01, student.version)
+        for ids, X, p, _ in batches:
+            f.add(ids, X, p)
+
+    def shadow():
+        sh = Shadow(challenger, student.version, 60.0)
+        for ids, X, p, _ in batches:
+            sh.observe(ids, X, p, student.threshold)
+
+    return {"events": rows, "batch_rows": s.batch_max, "us_per_event": {
+        "pipeline_parse_features_score": round(pipeline_s / rows * 1e6, 3),
+        "drift": best(drift), "fidelity_sample": best(sample), "shadow_challenger": best(shadow)}}
 
 
 def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list, rate: float,

@@ -39,12 +39,41 @@ def figures(request: Request, session: Session) -> dict:
     return out
 
 
+HEALTH_TTL_S = 10.0
+
+
+def health(request: Request, session: Session) -> dict:
+    """Model health (drift, live fidelity, the challenger), computed at most every ``HEALTH_TTL_S``."""
+    import time
+
+    from workbench.health import model_health
+    from workbench.web.app import served_dir
+
+    app = request.app
+    cached = getattr(app.state, "health_cache", None)
+    if cached is not None and time.monotonic() - cached[0] < HEALTH_TTL_S:
+        return cached[1]
+    settings = app.state.settings
+    out = model_health(app.state.store, settings.redis_prefix, served_dir(settings, app.state.store), session,
+                       settings.reviews_topic)
+    app.state.health_cache = (time.monotonic(), out)
+    return out
+
+
 @router.get("/")
 def dashboard(request: Request, pu: PageUser = Depends(page_user("viewer")), session: Session = Depends(db_session)):
     """The dashboard page."""
     return request.app.state.templates.TemplateResponse(
         request, "dashboard.html", {"user": pu.user, "csrf": pu.web.csrf, "f": figures(request, session),
-                                    "model": request.app.state.model, "active": "dashboard"})
+                                    "model": request.app.state.model, "health": health(request, session),
+                                    "active": "dashboard"})
+
+
+@router.get("/dashboard/health")
+def dashboard_health(request: Request, pu: PageUser = Depends(page_user("viewer")),
+                     session: Session = Depends(db_session)):
+    """Model health as JSON: the served model's drift and live fidelity, the shadow challenger."""
+    return health(request, session)
 
 
 @router.get("/dashboard/figures")
