@@ -37,7 +37,15 @@ class WorkerMetrics:
         self.alert_rate_target = Gauge("txwatch_alert_rate_target", "The serving model's alert-rate target", registry=r)
         self.threshold = Gauge("txwatch_alert_threshold", "The alert threshold in force (alert-rate control moves it)",
                                registry=r)
-        self._last = (time.monotonic(), 0.0)
+        self.batches = Counter("txwatch_batches_total", "Partition batches stored in Redis", registry=r)
+        self.shadow_rows = Counter("txwatch_shadow_rows_total", "Events the shadow challenger scored", registry=r)
+        self.shadow_alert_rate = Gauge("txwatch_shadow_alert_rate", "Alerts per event in the last shadow window, by "
+                                       "model (champion, challenger)", ["model"], registry=r)
+        self.shadow_overlap = Gauge("txwatch_shadow_alert_overlap", "Alerts both models raise over alerts either "
+                                    "raises, in the last shadow window", registry=r)
+        self.fidelity_sample_rows = Counter("txwatch_fidelity_sample_rows_total", "Scored rows sent for live "
+                                            "teacher fidelity", registry=r)
+        self._last = (time.monotonic(), 0.0, 0.0)
 
     def serve(self, port: int) -> None:
         """Expose ``/metrics`` on ``port`` (0: not at all)."""
@@ -59,19 +67,32 @@ class WorkerMetrics:
         if rep["alert_rate_target"] is not None:
             self.alert_rate_target.set(rep["alert_rate_target"])
 
+    def observe_shadow(self, window) -> None:
+        """Export a shadow window (:class:`stream.core.shadow.ShadowWindow`) as gauges."""
+        self.shadow_rows.inc(window.rows)
+        if window.rows:
+            self.shadow_alert_rate.labels(model="champion").set(window.champion_alerts / window.rows)
+            self.shadow_alert_rate.labels(model="challenger").set(window.challenger_alerts / window.rows)
+        either = window.champion_alerts + window.challenger_alerts - window.both
+        if either:
+            self.shadow_overlap.set(window.both / either)
+
     def value(self, counter: Counter, **labels) -> float:
         """Current value of a counter (for logs and tests)."""
         metric = counter.labels(**labels) if labels else counter
         return metric._value.get()
 
     def log_line(self) -> str:
-        """``events=… (…/s) alerts=… dead=… lag=…``, since the previous line."""
+        """``events=… (…/s) batch=… alerts=… dead=… lag=…``: rate and mean events per stored
+        partition batch since the previous line."""
         now = time.monotonic()
         scored = self.value(self.events, outcome="scored")
-        t0, n0 = self._last
+        batches = self.value(self.batches)
+        t0, n0, b0 = self._last
         rate = (scored - n0) / max(now - t0, 1e-9)
-        self._last = (now, scored)
+        mean_batch = (scored - n0) / (batches - b0) if batches > b0 else 0.0
+        self._last = (now, scored, batches)
         dead = sum(s.value for m in self.dead.collect() for s in m.samples if s.name.endswith("_total"))
         lag = sum(s.value for m in self.lag.collect() for s in m.samples)
-        return (f"events={scored:.0f} ({rate:.0f}/s) alerts={self.value(self.alerts):.0f} "
+        return (f"events={scored:.0f} ({rate:.0f}/s) batch={mean_batch:.0f} alerts={self.value(self.alerts):.0f} "
                 f"dead={dead:.0f} replayed={self.value(self.events, outcome='skipped'):.0f} lag={lag:.0f}")

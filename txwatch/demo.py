@@ -162,6 +162,9 @@ def _run_demo(*, events: int, accounts: int, days: int, seed: int, workdir: str,
         worker = _start(stack, ["worker", "--runner", runner], env, work / "worker.log", stop_s=15)
         log(f"worker started ({runner} runner, pid {worker.pid}, log {work / 'worker.log'}; "
             f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics)")
+        # Live fidelity: the worker's 1 % sample scored by the teacher, in one-minute windows.
+        fidelity = _start(stack, ["fidelity", "--window-s", "60"], env, work / "fidelity.log", stop_s=10)
+        log(f"txwatch fidelity started (pid {fidelity.pid}, log {work / 'fidelity.log'})")
 
         topic = settings.topics[0]
         log("replaying the history to warm per-account state")

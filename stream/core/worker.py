@@ -43,6 +43,9 @@ from stream.settings import Settings
 
 log = logging.getLogger("txwatch.worker")
 
+_MONITOR_WHAT = {"threshold": "threshold change", "sample": "fidelity sample", "shadow": "shadow window",
+                 "drift": "drift window"}
+
 
 def group_by_partition(records: Sequence[Record]) -> list[list[Record]]:
     """Records split by (topic, partition), each group in arrival order."""
@@ -78,6 +81,7 @@ class WorkerCore:
         self.drift: DriftCounter | None = None
         self.control: RateController | None = None
         self._changes: list[ThresholdChange] = []     # threshold moves not yet recorded
+        self._monitor_task: asyncio.Task | None = None  # the monitoring hand-over in flight
         self.sampler: FidelitySampler | None = None
         self.shadow: Shadow | None = None
         self._start_monitoring(student)
@@ -148,51 +152,95 @@ class WorkerCore:
             self.metrics.threshold.set(change.new)
             log.info("alert threshold %.6g -> %.6g: %s", change.old, change.new, change.why)
 
-    def _flush_monitor(self, force: bool = False) -> None:
+    def _flush_monitor(self, force: bool = False, inline: bool = False) -> None:
         """Hand threshold moves, the fidelity sample, a finished shadow window and a finished
-        drift window to the sink (what it cannot take now is kept and handed over with the next)."""
+        drift window to the sink; what it cannot take now is kept and handed over with the next.
+
+        Inside the event loop the writes run in a worker thread, one hand-over at a time, so a
+        window's Redis round trip never holds the next batch (a shadow window can hold
+        thousands of would-be alerts); ``inline`` (and outside a loop) they run here."""
         if self.monitor is None:
             return
+        busy = self._monitor_task is not None and not self._monitor_task.done()
+        if busy and not force:
+            return  # the next call hands over what is due then
+        items = self._take_monitoring(force)
+        if not items:
+            return
         try:
-            while self._changes:
-                self.monitor.record_threshold(self._changes[0])
-                self._changes.pop(0)
-        except ServiceUnavailable as exc:
-            log.warning("threshold changes not recorded yet (%s); kept for later", exc)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if inline or busy or loop is None:
+            self._put_back(self._write_monitoring(items))
+            return
+        self._monitor_task = loop.create_task(self._write_monitoring_later(items))
+
+    def _take_monitoring(self, force: bool) -> list[tuple[str, object, object]]:
+        """``(kind, record, owner)`` of everything due now, taken from its counter."""
+        items: list[tuple[str, object, object]] = [("threshold", c, None) for c in self._changes]
+        self._changes = []
         sample = self.sampler.take(force) if self.sampler is not None else None
         if sample is not None:
-            try:
-                self.monitor.record_sample(sample)
-            except ServiceUnavailable as exc:
-                log.warning("fidelity sample not sent (%s); kept for the next send", exc)
-                self.sampler.restore(sample)
+            items.append(("sample", sample, self.sampler))
         if self.shadow is not None and (force or self.shadow.due()):
             window = self.shadow.take()
             if window is not None:
-                try:
-                    self.monitor.record_shadow(window)
-                except ServiceUnavailable as exc:
-                    log.warning("shadow window not stored (%s); kept for the next one", exc)
-                    self.shadow.restore(window)
-        if self.drift is None or not (force or self.drift.due()):
-            return
-        window = self.drift.take()
-        if window is None:
-            return
-        try:
-            self.monitor.record_drift(window)
-        except ServiceUnavailable as exc:
-            log.warning("drift window not stored (%s); kept for the next one", exc)
-            self.drift.restore(window)
-            return
-        self.metrics.observe_drift(report(self.drift.profile, window.rows, window.alerts, window.features,
-                                          window.score))
+                items.append(("shadow", window, self.shadow))
+        if self.drift is not None and (force or self.drift.due()):
+            window = self.drift.take()
+            if window is not None:
+                items.append(("drift", window, self.drift))
+        return items
+
+    def _write_monitoring(self, items: list[tuple[str, object, object]]) -> list[tuple[str, object, object]]:
+        """Write each record to the sink (any thread); the ones it could not take."""
+        failed = []
+        for kind, record, owner in items:
+            try:
+                if kind == "threshold":
+                    self.monitor.record_threshold(record)
+                elif kind == "sample":
+                    self.monitor.record_sample(record)
+                    self.metrics.fidelity_sample_rows.inc(len(record.ids))
+                elif kind == "shadow":
+                    self.monitor.record_shadow(record)
+                    self.metrics.observe_shadow(record)
+                else:
+                    self.monitor.record_drift(record)
+                    self.metrics.observe_drift(report(owner.profile, record.rows, record.alerts, record.features,
+                                                      record.score))
+            except ServiceUnavailable as exc:
+                log.warning("%s not stored yet (%s); kept for the next hand-over", _MONITOR_WHAT[kind], exc)
+                failed.append((kind, record, owner))
+        return failed
+
+    async def _write_monitoring_later(self, items) -> None:
+        self._put_back(await asyncio.to_thread(self._write_monitoring, items))
+
+    def _put_back(self, failed: list[tuple[str, object, object]]) -> None:
+        """Return what the sink refused to its counters (in the event loop's thread), unless the
+        model it counted for changed meanwhile (then it is dropped, and said)."""
+        self._changes[:0] = [record for kind, record, _ in failed if kind == "threshold"]
+        current = {"sample": self.sampler, "shadow": self.shadow, "drift": self.drift}
+        for kind, record, owner in failed:
+            if kind == "threshold":
+                continue
+            if owner is current[kind]:
+                owner.restore(record)
+            else:
+                log.warning("%s dropped: the model it was counted for is no longer served", _MONITOR_WHAT[kind])
+
+    async def monitored(self) -> None:
+        """Wait for the monitoring hand-over in flight, if any."""
+        if self._monitor_task is not None:
+            await asyncio.wait([self._monitor_task])
 
     def flush_monitoring(self) -> None:
         """On a graceful stop: hand over the open drift and shadow windows and the waiting
-        fidelity sample now, rather than lose them with the process (a sink that does not
-        answer loses them; the stop deadline bounds the wait)."""
-        self._flush_monitor(force=True)
+        fidelity sample now, here, rather than lose them with the process (a sink that does
+        not answer loses them; the stop deadline bounds the wait)."""
+        self._flush_monitor(force=True, inline=True)
 
     def revoke(self, topic: str, partition: int) -> None:
         """Drop a revoked partition's cached states (and read its outbox again if it returns)."""
@@ -216,10 +264,11 @@ class WorkerCore:
 
     async def handle(self, records: Sequence[Record]) -> list[BatchResult]:
         """Process a batch (any partitions, in offset order per partition); return once
-        everything is durably stored and published: :meth:`prepare`, :meth:`persist`,
-        :meth:`published`."""
+        everything is durably stored and published, and any monitoring hand-over it started
+        is done: :meth:`prepare`, :meth:`persist`, :meth:`published`, :meth:`monitored`."""
         results = await self.persist(await self.prepare(group_by_partition(records)))
         await self.published()
+        await self.monitored()
         return results
 
     async def prepare(self, groups: Sequence[Sequence[Record]]) -> Prepared:
@@ -346,6 +395,7 @@ class WorkerCore:
         m = self.metrics
         now = time.time()
         for result, group, added in done:
+            m.batches.inc()
             m.events.labels(outcome="scored").inc(result.scored)
             m.events.labels(outcome="skipped").inc(result.skipped)
             m.events.labels(outcome="duplicate").inc(result.duplicates)

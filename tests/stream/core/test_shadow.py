@@ -109,7 +109,8 @@ def test_the_worker_shadows_a_challenger_without_changing_what_reviewers_see(mod
     alone, sink0 = MemoryStore(), MemorySink()
     _run(WorkerCore(settings, alone, student, _publish, WorkerMetrics(), StaticWatcher(profile), monitor=sink0), recs)
     shadowed, sink = MemoryStore(), MemorySink()
-    core = WorkerCore(settings, shadowed, student, _publish, WorkerMetrics(), StaticWatcher(profile, challenger),
+    metrics = WorkerMetrics()
+    core = WorkerCore(settings, shadowed, student, _publish, metrics, StaticWatcher(profile, challenger),
                       monitor=sink)
     results = _run(core, recs)
     core._flush_monitor(force=True)
@@ -123,10 +124,12 @@ def test_the_worker_shadows_a_challenger_without_changing_what_reviewers_see(mod
     assert w.rows == scored and w.challenger_version == challenger.version
     assert w.champion_alerts == w.challenger_alerts == w.both == alerts
     assert len(w.would_be) == alerts and np.array_equal(w.pairs[:, 0], w.pairs[:, 1])
+    assert metrics.value(metrics.shadow_rows) == scored and metrics.shadow_overlap._value.get() == 1.0
     # The fidelity sample: about 5 % of the scored rows, the champion's scores, its version.
     got = sum(len(s.ids) for s in sink.samples)
     assert abs(got - 0.05 * scored) < 5 * np.sqrt(0.05 * scored) and {s.model_version for s in sink.samples} == {
         student.version}
+    assert metrics.value(metrics.fidelity_sample_rows) == got
     sample = sink.samples[0]
     assert np.allclose(student.score(sample.rows), sample.scores)
 
