@@ -197,7 +197,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         _setup_logging(True)
         _print_json(bench_stream(a.events, a.model, n=a.n, partitions=a.partitions, latency_rate=a.latency_rate,
-                                 latency_seconds=a.latency_seconds, log=_log(a.quiet)))
+                                 latency_seconds=a.latency_seconds, monitoring=not a.no_monitoring, log=_log(a.quiet)))
         return 0
     if a.target == "export":
         from txwatch.bench.export import bench_export
@@ -656,6 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the bench topic (default 4)")
     bs.add_argument("--latency-rate", type=float, default=2000.0, help="offered events/s in the latency phase (default 2000)")
     bs.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency phase (default 30)")
+    bs.add_argument("--no-monitoring", action="store_true", help="every worker phase without drift, fidelity sample "
+                    "and shadow challenger (default: all three on, as in production)")
     be = bsub.add_parser("export", help="the exported student (ONNX, integer form) against txwatch's kernels")
     be.add_argument("--model", required=True, help="student artifact directory")
     be.add_argument("--events", help="events file to take held-out rows from (default: the one the model records)")

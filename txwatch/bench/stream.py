@@ -162,8 +162,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitions: int = 4,
                  latency_rate: float = 2000.0, latency_seconds: float = 30.0, workdir: str = "runs/bench",
-                 log: Callable[[str], None] = lambda m: None) -> dict:
-    """Run every phase; return the JSON-ready result."""
+                 monitoring: bool = True, log: Callable[[str], None] = lambda m: None) -> dict:
+    """Run every phase; return the JSON-ready result. ``monitoring=False``: every worker
+    phase without drift, fidelity sample and challenger (``core_plain_bare`` is then
+    ``core_plain`` again)."""
     import redis
 
     from stream.adapters.kafka import ensure_topics
@@ -193,7 +195,9 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         challenger = _challenger_copy(model_dir, work / "challenger")
         client_box: list = []
 
-        def settings_for(name: str, monitoring: bool = True, **kw) -> Settings:
+        on = monitoring
+
+        def settings_for(name: str, monitoring: bool = on, **kw) -> Settings:
             s = load_settings(**{**overrides, "input_topics": topic, "partitions": partitions,
                                  "group_id": f"{name}-{tag}", "redis_prefix": f"bench-{name}-{tag}",
                                  "dead_letter_topic": f"{topic}-dlq", "alerts_topic": f"{topic}-alerts",
@@ -208,8 +212,8 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         ensure_topics(s0)
         client = redis.Redis.from_url(s0.redis_url)
         client_box.append(client)
-        result["monitoring"] = {"drift_window_s": s0.drift_window_s, "fidelity_sample_rate": s0.fidelity_sample_rate,
-                                "challenger": str(challenger)}
+        result["monitoring"] = ({"drift_window_s": s0.drift_window_s, "fidelity_sample_rate": s0.fidelity_sample_rate,
+                                 "challenger": str(challenger)} if on else "off")
         log(f"producing {n:,} events to {topic} ({partitions} partitions)")
         seconds = asyncio.run(_produce(s0, topic, payloads, keys))
         result["produce"] = {"seconds": round(seconds, 3), "events_per_s": round(n / seconds)}
@@ -231,7 +235,8 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         log("pipeline core on the plain aiokafka runner, drift, fidelity sample and challenger on")
         s_plain = settings_for("plain")
         result["core_plain"] = _core_plain(client, s_plain, topic, n)
-        result["core_plain"]["monitored"] = _monitored(client, s_plain, student.version, f"{student.version}-challenger")
+        if on:
+            result["core_plain"]["monitored"] = _monitored(client, s_plain, student.version, f"{student.version}-challenger")
 
         log("monitoring cost per event (drift, fidelity sample, shadow challenger)")
         result["monitoring_cost"] = _monitoring_cost(payloads[:50_000], model_dir, str(challenger), s0)
