@@ -18,7 +18,9 @@ counted per version in the report, never scored. A malformed entry is counted as
 Each closed window is stored in Redis, newest first, under :func:`windows_key` (the last
 :data:`WINDOWS_KEPT`), and the stream position read so far under :func:`cursor_key`. A
 restart resumes after the cursor; the rows of windows still open at the stop are not
-counted again (a window closed after a restart says how many rows it holds).
+counted again (a window closed after a restart says how many rows it holds). While Redis is
+unreachable the follower retries with backoff (up to 10 s) and keeps the windows it closed;
+``--once`` stops with a clear error.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from typing import Any, Callable
 
 import numpy as np
 import orjson
+import redis
 
 from lifecycle import registry
 from lifecycle.promote import DEFAULT_TOLERANCE, judge_fidelity, teacher_of
 from stream.adapters.model_watcher import challenger_dir, challenger_key
-from stream.errors import ArtifactError, DataError
+from stream.errors import ArtifactError, DataError, ServiceUnavailable
 from stream.events.samples import decode_sample
 from stream.scoring.artifact import read_artifact
 
@@ -235,29 +238,52 @@ def run(store, client, prefix: str, default_dir: str, *, once: bool, from_start:
     report (its windows, refused versions, bad entries, alarms)."""
     monitor = FidelityMonitor(ModelBook(client, prefix, default_dir), window_s=window_s, tolerance=tolerance,
                               min_rows=min_rows)
-    cursor = "0" if from_start else ((client.get(cursor_key(prefix)) or b"0").decode())
     windows: list[dict[str, Any]] = []
+    unstored: list[dict[str, Any]] = []   # closed windows Redis has not taken yet
     entries = 0
+    cursor: str | None = None
+    delay = 0.5
 
     def closed(results: list[dict[str, Any]]) -> None:
-        for r in results:
-            store_window(client, prefix, r)
-            windows.append(r)
-            emit(r)
+        windows.extend(results)
+        unstored.extend(results)
+
+    def store_closed() -> None:
+        while unstored:
+            store_window(client, prefix, unstored[0])
+            emit(unstored.pop(0))   # once stored: what is printed can be read back
 
     while not should_stop():
-        batch = store.samples_after(cursor, count=200, block_ms=None if once else 1000)
-        for entry_id, fields in batch:
-            closed(monitor.add(fields))
-            cursor = entry_id
-            entries += 1
-        if batch:
-            client.set(cursor_key(prefix), cursor)
+        try:
+            if cursor is None:
+                cursor = "0" if from_start else ((client.get(cursor_key(prefix)) or b"0").decode())
+            batch = store.samples_after(cursor, count=200, block_ms=None if once else 1000)
+            for entry_id, fields in batch:
+                closed(monitor.add(fields))
+                cursor = entry_id
+                entries += 1
+            if not once:
+                closed(monitor.due())
+            store_closed()
+            if batch:
+                client.set(cursor_key(prefix), cursor)
+        except (redis.RedisError, ServiceUnavailable) as exc:
+            if once:
+                raise ServiceUnavailable(f"cannot reach Redis ({exc.__class__.__name__}: {exc}); read {entries} "
+                                         "sample entries before it went away") from None
+            log.warning("Redis unreachable (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        delay = 0.5
         if once and not batch:
             break
-        if not once:
-            closed(monitor.due())
-    closed(monitor.close_all() if once else [])
+    if once:
+        closed(monitor.close_all())
+        try:
+            store_closed()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"cannot reach Redis ({exc}); the closed windows were not stored") from None
     alarms = [f"{r['model_version']} window {r['window_start_s']}: {a}" for r in windows for a in r["alarms"]]
     alarms += [f"samples from model version {v} refused ({n} rows): {monitor.book.errors.get(v, 'unknown version')}"
                for v, n in monitor.unknown.items()]

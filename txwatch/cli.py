@@ -443,8 +443,8 @@ def cmd_fidelity(a: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, on_signal)
 
     def emit(window: dict) -> None:
-        if not a.once:
-            _print_json(window)
+        if not a.once:  # JSON Lines: one closed window per line
+            sys.stdout.write(orjson.dumps(window, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
             sys.stdout.flush()
         for alarm in window["alarms"]:
             print(f"txwatch: fidelity: {window['model_version']}: {alarm}", file=sys.stderr)

@@ -29,7 +29,8 @@ IMG = '"><img src=x onerror=alert(1)>'
 # dependencies below, so this table and the code cannot drift apart unnoticed.
 REQUIRED = {
     ("GET", "/login"): None, ("POST", "/login"): None, ("POST", "/logout"): None,
-    ("GET", "/"): "viewer", ("GET", "/dashboard/figures"): "viewer", ("GET", "/dashboard/live"): "viewer",
+    ("GET", "/"): "viewer", ("GET", "/dashboard/figures"): "viewer", ("GET", "/dashboard/health"): "viewer",
+    ("GET", "/dashboard/live"): "viewer",
     ("GET", "/cases"): "viewer", ("GET", "/cases/{case_id}"): "viewer",
     ("POST", "/cases/{case_id}/claim"): "reviewer", ("POST", "/cases/{case_id}/release"): "reviewer",
     ("POST", "/cases/{case_id}/assign"): "approver",
