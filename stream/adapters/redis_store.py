@@ -251,11 +251,16 @@ class RedisStore:
 
     def drift_since(self, version: str, since_s: int) -> list[tuple[int, dict]]:
         """``(start, counters)`` of a model version's windows that started at or after ``since_s``."""
-        with _reachable("drift read"):
-            starts = [int(float(x)) for x in self.client.zrangebyscore(self.drift_windows_key(version), since_s, "+inf")]
+        return self._windows_since("drift", self.drift_windows_key(version),
+                                   lambda start: self.drift_key(version, start), since_s)
+
+    def _windows_since(self, what: str, windows_key: str, key_of, since_s: int) -> list[tuple[int, dict]]:
+        """``(start, hash)`` of the windows listed in ``windows_key`` from ``since_s`` on (one round trip each way)."""
+        with _reachable(f"{what} read"):
+            starts = [int(float(x)) for x in self.client.zrangebyscore(windows_key, since_s, "+inf")]
             pipe = self.client.pipeline(transaction=False)
             for start in starts:
-                pipe.hgetall(self.drift_key(version, start))
+                pipe.hgetall(key_of(start))
             return [(start, h) for start, h in zip(starts, pipe.execute()) if h]
 
     # -- live fidelity sample -----------------------------------------------------------
@@ -314,14 +319,10 @@ class RedisStore:
             pipe.execute()
 
     def shadow_since(self, version: str, since_s: int) -> list[tuple[int, dict]]:
-        """``(start, counters)`` of a challenger's shadow windows that started at or after ``since_s``."""
-        with _reachable("shadow read"):
-            starts = [int(float(x)) for x in self.client.zrangebyscore(self.shadow_windows_key(version), since_s, "+inf")]
-            pipe = self.client.pipeline(transaction=False)
-            for start in starts:
-                pipe.hgetall(self.shadow_key(version, start))
-            return [(start, {k.decode(): v.decode() for k, v in h.items()})
-                    for start, h in zip(starts, pipe.execute()) if h]
+        """``(start, counters)`` of a challenger's shadow windows that started at or after ``since_s`` (str keys and values)."""
+        return [(start, {k.decode(): v.decode() for k, v in h.items()})
+                for start, h in self._windows_since("shadow", self.shadow_windows_key(version),
+                                                    lambda start: self.shadow_key(version, start), since_s)]
 
     def shadow_pairs(self, version: str) -> "np.ndarray":
         """The stored (champion, challenger) score pairs of a challenger, newest reservoirs first."""

@@ -212,22 +212,12 @@ def test_fidelity_alarm_when_the_student_follows_its_teacher_less_than_its_profi
         models, dataset, redis_server, tmp_path, monkeypatch, capsys):
     """The good student with a profile claiming perfect agreement (as in the promotion tests):
     live, on its own traffic, its top-1 % overlap with the teacher is below that claim."""
-    import json
-
     import redis
 
     from stream.events.samples import Sample
-    from tests.lifecycle.test_promote import rewrite
+    from tests.lifecycle.test_promote import overclaim
 
-    perfect = {"spearman": 1.0, "top_k_overlap": 1.0, "mean_abs_diff": 0.0}
-
-    def edit(manifest, files):
-        profile = json.loads(files["profile.json"])
-        profile["fidelity"].update(perfect)
-        files["profile.json"] = json.dumps(profile).encode()
-        manifest["profile"]["fidelity"].update(perfect)
-
-    overclaiming = rewrite(models["student"], tmp_path / "overclaiming", edit)
+    overclaiming = overclaim(models["student"], tmp_path / "overclaiming")
     student = load_student(overclaiming)
     prefix = f"f{uuid.uuid4().hex[:8]}"
     store = RedisStore(redis.Redis.from_url(redis_server.url), StoreConfig(prefix=prefix))

@@ -87,6 +87,12 @@ def overclaiming(models, root) -> Path:
     (distilling a genuinely worse student would not do: its profile records its own, lower,
     figures).
     """
+    return overclaim(models["student"], root / "overclaiming")
+
+
+def overclaim(src: Path, out: Path) -> Path:
+    """A copy of the student at ``src`` whose profile (and the manifest's copy) claims perfect
+    agreement with its teacher, every sha256 recomputed."""
     perfect = {"spearman": 1.0, "top_k_overlap": 1.0, "mean_abs_diff": 0.0}
 
     def edit(manifest, files):
@@ -95,7 +101,7 @@ def overclaiming(models, root) -> Path:
         files["profile.json"] = json.dumps(profile).encode()
         manifest["profile"]["fidelity"].update(perfect)
 
-    return rewrite(models["student"], root / "overclaiming", edit)
+    return rewrite(src, out, edit)
 
 
 @pytest.fixture(scope="module")
