@@ -39,6 +39,7 @@ import redis
 from lifecycle import registry
 from lifecycle.promote import DEFAULT_TOLERANCE, judge_fidelity, teacher_of
 from stream.adapters.model_watcher import challenger_dir, challenger_key
+from stream.core.drift import window_start
 from stream.errors import ArtifactError, DataError, ServiceUnavailable
 from stream.events.samples import decode_sample
 from stream.scoring.artifact import read_artifact
@@ -169,7 +170,7 @@ class FidelityMonitor:
             log.warning("fidelity sample of %s has %d features, the model %d (entry skipped)",
                         sample.model_version, sample.rows.shape[1], len(known.student.feature_names))
             return []
-        start = int(sample.at_ms / 1000 // self.window_s * self.window_s)
+        start = window_start(sample.at_ms / 1000, self.window_s)
         closed = []
         w = self.open.get(sample.model_version)
         if w is not None and w.start_s != start:

@@ -186,7 +186,7 @@ def check(candidate_dir: str | os.PathLike, *, served_dir: str | os.PathLike, ev
     # 2. same feature schema
     cand, serv = figures["candidate"], figures["served"]
     same_names = tuple(student.feature_names) == tuple(served.feature_names)
-    same_schema = cand["feature_schema_hash"] == serv["feature_schema_hash"] and same_names
+    same_schema = served.same_features(student)
     checks["schema"] = {"ok": same_schema, "candidate": cand["feature_schema_hash"],
                         "served": serv["feature_schema_hash"], "feature_names_equal": same_names}
     if not same_schema:

@@ -79,8 +79,7 @@ def set_challenger(client: redis.Redis, prefix: str, served_dir: str, directory:
     except ArtifactError as exc:
         raise TxwatchError(f"the served model {served_dir} does not verify ({exc}); a challenger cannot be "
                            "compared with it") from None
-    if (tuple(student.feature_names) != tuple(served.feature_names)
-            or student.manifest.get("feature_schema_hash") != served.manifest.get("feature_schema_hash")):
+    if not served.same_features(student):
         raise TxwatchError(f"challenger refused: its features ({len(student.feature_names)}, schema "
                            f"{str(student.manifest.get('feature_schema_hash'))[:12]}) are not the served model's "
                            f"({len(served.feature_names)}, schema {str(served.manifest.get('feature_schema_hash'))[:12]})"

@@ -350,12 +350,17 @@ def cmd_drift(a: argparse.Namespace) -> int:
     return status
 
 
-def cmd_promote(a: argparse.Namespace) -> int:
+def _who() -> str:
+    """Who acts from the command line, as the model records name them."""
     import os
 
+    return os.environ.get("USER") or "cli"
+
+
+def cmd_promote(a: argparse.Namespace) -> int:
     from lifecycle.promote import promote, rollback
 
-    who, why = os.environ.get("USER") or "cli", a.why or ""
+    who, why = _who(), a.why or ""
     if a.rollback:
         if a.dir or a.events or a.new_teacher:
             raise TxwatchError("--rollback takes no DIR, --events or --new-teacher")
@@ -378,8 +383,6 @@ def _labels(path: str | None) -> dict[str, int] | None:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    import os
-
     from lifecycle import registry, shadow
     from lifecycle.promote import status
 
@@ -396,28 +399,25 @@ def cmd_models(a: argparse.Namespace) -> int:
             raise TxwatchError("models challenger needs DIR (or --clear)")
         served = registry.current(client, settings.redis_prefix, settings.model_dir)
         _print_json(shadow.set_challenger(client, settings.redis_prefix, served, a.dir,
-                                          who=os.environ.get("USER") or "cli", why=a.why or ""))
+                                          who=_who(), why=a.why or ""))
     return 0
 
 
 def cmd_retrain(a: argparse.Namespace) -> int:
-    import os
-
     from lifecycle import registry, shadow
     from lifecycle.retrain import retrain
     from stream.settings import load_settings
 
     install = None
-    settings = load_settings()
-    served = settings.model_dir
-    if not a.no_install:
+    if a.no_install:
+        served = load_settings().model_dir
+    else:
         settings, client = _model_registry()
         served = registry.current(client, settings.redis_prefix, settings.model_dir)  # Redis checked before training
-        shadow.current(client, settings.redis_prefix)
 
         def install(student_dir: str) -> dict:
             return shadow.set_challenger(client, settings.redis_prefix, served, student_dir,
-                                         who=os.environ.get("USER") or "cli", why=a.why or "txwatch retrain")
+                                         who=_who(), why=a.why or "txwatch retrain")
     params = {"n_estimators": a.trees, "num_leaves": a.leaves, "learning_rate": a.learning_rate,
               "early_stopping_rounds": a.early_stopping}
     _print_json(retrain(a.events, a.labels, a.out, served_dir=served, teacher_params=params,

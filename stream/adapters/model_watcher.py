@@ -151,8 +151,7 @@ class ModelWatcher:
             self.metrics.reloads.labels(result="challenger_refused").inc()
             log.error("shadow challenger refused: %s", exc)
             return True, None
-        if (tuple(challenger.feature_names) != tuple(champion.feature_names)
-                or challenger.manifest.get("feature_schema_hash") != champion.manifest.get("feature_schema_hash")):
+        if not champion.same_features(challenger):
             self.metrics.reloads.labels(result="challenger_refused").inc()
             log.error("shadow challenger %s at %s refused: its features (%d, schema %s) are not the served model's "
                       "(%d, schema %s)", challenger.version, target, len(challenger.feature_names),

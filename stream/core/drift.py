@@ -52,6 +52,16 @@ class DriftWindow:
     score: np.ndarray        # int64 [score bins]
 
 
+def window_start(t: float, window_s: float) -> int:
+    """The start of the wall-clock window of ``window_s`` seconds holding time ``t`` (every
+    worker's counts for one window land under one start).
+
+    >>> window_start(125.0, 60), window_start(119.9, 60)
+    (120, 60)
+    """
+    return int(t // window_s * window_s)
+
+
 class DriftCounter:
     """Accumulates a window's histograms; :meth:`take` hands them over and starts afresh."""
 
@@ -61,11 +71,8 @@ class DriftCounter:
         self.model_version = model_version
         self.window_s = float(window_s)
         self._now = now
-        self._start = self._window_of(now())
+        self._start = window_start(now(), self.window_s)
         self._reset()
-
-    def _window_of(self, t: float) -> int:
-        return int(t // self.window_s * self.window_s)
 
     def _reset(self) -> None:
         self.features = np.zeros((len(self.profile.feature_names), self.profile.n_bins), dtype=np.int64)
@@ -84,14 +91,14 @@ class DriftCounter:
 
     def due(self) -> bool:
         """Whether the window this counter fills has ended."""
-        return self._window_of(self._now()) != self._start
+        return window_start(self._now(), self.window_s) != self._start
 
     def take(self) -> DriftWindow | None:
         """The window's counts (None if it saw no rows); the counter moves to the current window."""
         w = None
         if self.rows:
             w = DriftWindow(self.model_version, self._start, self.rows, self.alerts, self.features, self.score)
-        self._start = self._window_of(self._now())
+        self._start = window_start(self._now(), self.window_s)
         self._reset()
         return w
 

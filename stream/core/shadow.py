@@ -29,6 +29,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from stream.core.drift import window_start
+
 
 class Scorer(Protocol):
     version: str
@@ -69,8 +71,8 @@ class Shadow:
         self._window = self._open(now())
 
     def _open(self, t: float) -> ShadowWindow:
-        start = int(t // self.window_s * self.window_s)
-        return ShadowWindow(self.challenger.version, self.champion_version, start, pairs=np.empty((0, 2)))
+        return ShadowWindow(self.challenger.version, self.champion_version, window_start(t, self.window_s),
+                            pairs=np.empty((0, 2)))
 
     def observe(self, event_ids: Sequence[str], X: np.ndarray, champion: np.ndarray, threshold: float) -> None:
         """Score a batch's rows with the challenger and count them against the champion's scores."""
@@ -109,7 +111,7 @@ class Shadow:
 
     def due(self) -> bool:
         """Whether the window being filled has ended."""
-        return int(self._now() // self.window_s * self.window_s) != self._window.start_s
+        return window_start(self._now(), self.window_s) != self._window.start_s
 
     def take(self) -> ShadowWindow | None:
         """The window (None if it saw no rows); counting moves to the current window."""

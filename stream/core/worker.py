@@ -326,8 +326,7 @@ class WorkerCore:
         self._fail_point()
         await self._publish_after_commit([result for result, _, _ in done], messages)
         self._count(done)
-        if self.drift is not None or self.control is not None or self.sampler is not None or self.shadow is not None:
-            self._observe(done)
+        self._observe(done)
         self._maybe_log()
         return [result for result, _, _ in done]
 

@@ -247,6 +247,12 @@ class Student:
     def __repr__(self) -> str:
         return f"Student({self.family}, version={self.version}, threshold={self.threshold:.4g})"
 
+    def same_features(self, other: "Student") -> bool:
+        """Whether ``other`` scores the same feature rows: equal feature names and schema hash
+        (a challenger beside this model, a candidate to replace it)."""
+        return (self.feature_names == other.feature_names
+                and self.manifest.get("feature_schema_hash") == other.manifest.get("feature_schema_hash"))
+
 
 def student_payload_bytes(payload: dict[str, Any]) -> bytes:
     """Serialise a student payload (floats round-trip exactly)."""
