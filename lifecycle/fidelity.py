@@ -273,7 +273,9 @@ def run(store, client, prefix: str, default_dir: str, *, once: bool, from_start:
                 raise ServiceUnavailable(f"cannot reach Redis ({exc.__class__.__name__}: {exc}); read {entries} "
                                          "sample entries before it went away") from None
             log.warning("Redis unreachable (%s); retrying in %.1fs", exc, delay)
-            time.sleep(delay)
+            until = time.monotonic() + delay
+            while time.monotonic() < until and not should_stop():  # a stop is not held by the backoff
+                time.sleep(0.1)
             delay = min(delay * 2, 10.0)
             continue
         delay = 0.5

@@ -57,3 +57,26 @@ def test_the_follower_closes_windows_as_time_passes_and_stops_on_sigterm(models,
 def _next_rows(proc) -> int:
     """The rows of the following window (the sends straddled a window edge)."""
     return orjson.loads(proc.stdout.readline())["rows"]
+
+
+def test_the_follower_stops_on_sigterm_within_seconds_with_redis_gone(models, tmp_path):
+    server = EmbeddedRedis().start()
+    env = dict(os.environ, TXWATCH_REDIS_URL=server.url, TXWATCH_REDIS_PREFIX=f"fg{uuid.uuid4().hex[:8]}",
+               TXWATCH_MODEL_DIR=str(models["student"]))
+    proc = subprocess.Popen([sys.executable, "-m", "txwatch", "fidelity"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3.0)                      # following the stream
+        server.stop()
+        time.sleep(8.0)                      # retrying with backoff (0.5, 1, 2, 4 s...)
+        assert proc.poll() is None           # still following: an outage is waited out
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 5.0
+        assert "Redis unreachable" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
