@@ -197,7 +197,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         _setup_logging(True)
         _print_json(bench_stream(a.events, a.model, n=a.n, partitions=a.partitions, latency_rate=a.latency_rate,
-                                 latency_seconds=a.latency_seconds, monitoring=not a.no_monitoring, log=_log(a.quiet)))
+                                 latency_seconds=a.latency_seconds, monitoring=not a.no_monitoring, rounds=a.rounds,
+                                 log=_log(a.quiet)))
         return 0
     if a.target == "export":
         from txwatch.bench.export import bench_export
@@ -656,6 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the bench topic (default 4)")
     bs.add_argument("--latency-rate", type=float, default=2000.0, help="offered events/s in the latency phase (default 2000)")
     bs.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency phase (default 30)")
+    bs.add_argument("--rounds", type=_positive_int, default=2, help="runs of the no-op faust agent and of the faust "
+                    "worker, in turns; the better of each is compared (default 2)")
     bs.add_argument("--no-monitoring", action="store_true", help="every worker phase without drift, fidelity sample "
                     "and shadow challenger (default: all three on, as in production)")
     be = bsub.add_parser("export", help="the exported student (ONNX, integer form) against txwatch's kernels")

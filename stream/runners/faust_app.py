@@ -20,6 +20,7 @@ from stream.adapters.kafka import ensure_topics
 from stream.core.ports import Record
 from stream.metrics import WorkerMetrics
 from stream.runners.batcher import Batcher
+from stream.runners.faust_tuning import deliver_in_one_task, set_fetch_wait
 from stream.runners.shutdown import StopDeadline
 from stream.runners.wiring import build_core
 from stream.settings import Settings
@@ -40,33 +41,11 @@ def _credentials(settings: Settings):
     return faust.SSLCredentials(opts["ssl_context"])
 
 
-def set_fetch_wait(ms: int) -> None:
-    """faust builds its aiokafka consumer with a fixed ``fetch_max_wait_ms=1500``.
-
-    Apache Kafka answers a fetch as soon as data arrives, so there the wait only sets how
-    often a caught-up partition is polled; on the embedded broker it also adds to latency.
-    Too short costs throughput: every caught-up partition is fetched again each wait
-    (both measured in ``docs/benchmarks.md``). The wait is applied to the consumer faust
-    creates, before it starts.
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    cls = driver.AIOKafkaConsumerThread
-    original = getattr(cls, "_txwatch_original_create", cls._create_worker_consumer)
-
-    def create(self, transport):
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = ms
-        return consumer
-
-    cls._txwatch_original_create = original
-    cls._create_worker_consumer = create
-
-
 def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faust.App:
     """A faust app whose one agent scores the input topics in batches."""
     metrics = metrics or WorkerMetrics()
     set_fetch_wait(settings.fetch_max_wait_ms)
+    deliver_in_one_task()
     app = faust.App(
         settings.group_id,
         broker=settings.kafka_url,
@@ -90,7 +69,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     )
     topic = app.topic(*settings.topics, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")
-    state: dict = {}  # "core", "batcher"
+    state: dict = {}  # "core", "batcher", "buffered"
 
     async def publish(name: str, items) -> None:
         producer = app.producer
@@ -105,6 +84,9 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         batcher = state.get("batcher")
         if batcher is not None:
             await asyncio.shield(batcher.drain())
+        buffered = state.get("buffered")
+        if buffered is not None:
+            buffered.forget(revoked)
         core = state.get("core")
         if core is not None:
             for tp in revoked:
@@ -117,20 +99,22 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         if core is None:
             core = state["core"] = build_core(settings, publish, metrics)
         stream.enable_acks = False  # the batcher acks a batch's events once it is in Redis
-        queue = stream.channel.queue
-        consumer = app.consumer
+        buffered = state["buffered"] = MoreBuffered(stream.channel.queue, app.consumer)
 
         async def ack(events) -> None:
             for event in events:
                 await stream.ack(event)
 
         batcher = state["batcher"] = Batcher(core, max_items=settings.batch_max, max_wait_s=settings.batch_within_s,
-                                             buffered=lambda event: more_buffered(queue, consumer, event),
+                                             buffered=buffered,
                                              to_record=_record, ack=ack, on_error=_stop_worker)
         flusher = asyncio.ensure_future(batcher.run())
         try:
-            async for event in stream.events():
-                await batcher.add(event)
+            # The stream itself, not stream.events(): one async generator less per event.
+            async for _ in stream:
+                event = stream.current_event
+                if event is not None:
+                    await batcher.add(event)
         except Exception as exc:  # noqa: BLE001 - a crashed agent would leave the worker idle
             _stop_worker(exc)
         finally:
@@ -161,19 +145,42 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     return app
 
 
-def more_buffered(queue, consumer, event) -> bool:
-    """Whether more records follow ``event`` right now: events already in the agent's
+class MoreBuffered:
+    """Whether more records follow an event right now: events already in the agent's
     queue, or records of its partition that the consumer knows of (the high watermark of
     its last fetch) but has not delivered yet. A hint for cutting batches, so when unsure
-    (the partition was revoked meanwhile: aiokafka asserts) it says no, and the batch is cut."""
-    if not queue.empty():
-        return True
-    message = event.message
-    try:
-        high = consumer.highwater(message.tp)
-    except Exception:  # noqa: BLE001
-        return False
-    return high is not None and high > message.offset + 1
+    (the partition was revoked meanwhile: aiokafka asserts) it says no, and the batch is cut.
+
+    Each partition's last high watermark is kept: it only grows, so while a known one lies
+    beyond an event, more records follow it without asking the consumer again (the call
+    crosses three faust and aiokafka layers, and under a backlog it was made for nearly
+    every event: the agent empties its queue faster than faust fills it)."""
+
+    def __init__(self, queue, consumer) -> None:
+        self.queue = queue
+        self.consumer = consumer
+        self.known: dict = {}  # tp -> the highest high watermark seen
+
+    def __call__(self, event) -> bool:
+        if not self.queue.empty():
+            return True
+        message = event.message
+        tp, offset = message.tp, message.offset
+        if self.known.get(tp, -1) > offset + 1:
+            return True
+        try:
+            high = self.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001
+            return False
+        if high is None:
+            return False
+        self.known[tp] = high
+        return high > offset + 1
+
+    def forget(self, tps) -> None:
+        """Partitions revoked: their records will not come here any more."""
+        for tp in tps:
+            self.known.pop(tp, None)
 
 
 def _record(event) -> Record:

@@ -205,22 +205,43 @@ def test_more_buffered_reads_the_agent_queue_then_the_high_watermark():
     import asyncio as aio
     from types import SimpleNamespace
 
-    from stream.runners.faust_app import more_buffered
+    from stream.runners.faust_app import MoreBuffered
 
     class Consumer:
         def __init__(self, high):
             self.high = high
+            self.calls = 0
 
         def highwater(self, tp):
+            self.calls += 1
             if isinstance(self.high, Exception):
                 raise self.high
             return self.high
 
-    event = SimpleNamespace(message=SimpleNamespace(tp=("t", 0), offset=41))
+    def event(offset, partition=0):
+        return SimpleNamespace(message=SimpleNamespace(tp=("t", partition), offset=offset))
+
     empty, queued = aio.Queue(), aio.Queue()
     queued.put_nowait("next")
-    assert more_buffered(queued, Consumer(42), event)                  # an event waits in the queue
-    assert more_buffered(empty, Consumer(50), event)                   # announced, not delivered yet
-    assert not more_buffered(empty, Consumer(42), event)               # offset 41 is the last one
-    assert not more_buffered(empty, Consumer(None), event)             # not fetched yet
-    assert not more_buffered(empty, Consumer(AssertionError("Partition is not assigned")), event)
+    assert MoreBuffered(queued, Consumer(42))(event(41))                 # an event waits in the queue
+    assert MoreBuffered(empty, Consumer(50))(event(41))                  # announced, not delivered yet
+    assert not MoreBuffered(empty, Consumer(42))(event(41))              # offset 41 is the last one
+    assert not MoreBuffered(empty, Consumer(None))(event(41))            # not fetched yet
+    assert not MoreBuffered(empty, Consumer(AssertionError("Partition is not assigned")))(event(41))
+
+    # A known high watermark beyond the event answers without asking the consumer again;
+    # at the known end it asks again (the watermark may have moved); per partition.
+    consumer = Consumer(50)
+    hint = MoreBuffered(empty, consumer)
+    assert hint(event(10)) and consumer.calls == 1
+    assert hint(event(48)) and consumer.calls == 1
+    assert not hint(event(49)) and consumer.calls == 2                    # 50 is the end: asked, still the end
+    consumer.high = 60
+    assert hint(event(49)) and consumer.calls == 3                        # asked again: moved on
+    assert not hint(event(59)) and consumer.calls == 4
+    consumer.high = 5
+    assert not hint(event(4, partition=1)) and consumer.calls == 5        # partition 1 has its own
+    # A revoked partition's watermark is forgotten: it is asked again when it comes back.
+    consumer.high = AssertionError("Partition is not assigned")
+    hint.forget([("t", 0)])
+    assert not hint(event(10))

@@ -1,0 +1,100 @@
+"""The faust tuning: the one-task record delivery keeps ``wait_first``'s outcomes."""
+
+import asyncio
+import warnings
+
+import pytest
+from mode import Service
+
+from stream.runners.faust_tuning import one_task_wait_first
+
+
+class Consumer(Service):
+    """A mode service with the patched ``wait_first`` (faust's consumer is one)."""
+
+
+Consumer.wait_first = one_task_wait_first(Service.wait_first)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_callback_that_does_not_wait_runs_in_one_task_and_gives_its_result():
+    async def go():
+        consumer = Consumer()
+        suspend = asyncio.Event()
+        delivered = []
+
+        async def callback(x):
+            delivered.append(x)
+            return x * 2
+
+        made = []
+        loop = asyncio.get_running_loop()
+
+        def factory(loop, coro, **kw):
+            made.append(coro)
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        loop.set_task_factory(factory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the unstarted suspend wait is closed, not left unawaited
+            result = await consumer.wait_first(callback(21), suspend.wait())
+        loop.set_task_factory(None)
+        return result, delivered, len(made)
+
+    result, delivered, tasks = run(go())
+    assert delivered == [21]
+    assert result.results == [42] and not result.stopped
+    assert tasks == 1  # faust's own wait_first makes four (and cancels three)
+
+
+def test_a_callback_that_waits_is_given_up_when_flow_is_suspended():
+    async def go():
+        consumer = Consumer()
+        suspend, room = asyncio.Event(), asyncio.Event()
+        done = []
+
+        async def callback():
+            await room.wait()  # a full queue
+            done.append(True)
+
+        asyncio.get_running_loop().call_later(0.05, suspend.set)
+        result = await consumer.wait_first(callback(), suspend.wait())
+        room.set()
+        await asyncio.sleep(0.01)
+        return result, done
+
+    result, done = run(go())
+    assert done == []                      # given up, as faust's own wait_first gives it up
+    assert result.results == [True]        # the suspend event's wait is the winner
+
+
+def test_a_callback_that_waits_and_finishes_gives_its_result():
+    async def go():
+        consumer = Consumer()
+        suspend, room = asyncio.Event(), asyncio.Event()
+
+        async def callback():
+            await room.wait()
+            return "put"
+
+        asyncio.get_running_loop().call_later(0.02, room.set)
+        return await consumer.wait_first(callback(), suspend.wait())
+
+    result = run(go())
+    assert "put" in result.results and not result.stopped
+
+
+def test_an_error_in_the_callback_is_raised():
+    async def go():
+        consumer = Consumer()
+
+        async def callback():
+            raise ValueError("cannot decode")
+
+        await consumer.wait_first(callback(), asyncio.Event().wait())
+
+    with pytest.raises(ValueError, match="cannot decode"):
+        run(go())
