@@ -50,6 +50,7 @@ class BatchResult:
     duplicates: int = 0           # events whose event_id the account has applied already
     score_seconds: float = 0.0
     outbox: bytes = b""           # its Kafka messages, stored with it (stream.core.outbox)
+    pending: tuple | None = None  # (events, feature rows) computed but not yet scored: Pipeline.score
 
     @property
     def empty(self) -> bool:
@@ -103,8 +104,11 @@ class Pipeline:
         return part
 
     # -- the batch ----------------------------------------------------------------
-    def process(self, records: Sequence[Record]) -> BatchResult:
+    def process(self, records: Sequence[Record], score: bool = True) -> BatchResult:
         """Apply a batch of one partition's records (in offset order).
+
+        ``score=False`` leaves the scoring to :meth:`score`, which scores the batches of
+        several partitions in one call (the states and the offset are applied either way).
 
         The cache holds the new states as soon as this returns, and the next batch of the
         partition continues from them (its result starts where this one ends): results of
@@ -125,6 +129,8 @@ class Pipeline:
         # Only now, with the states updated: a read from the store that fails halfway
         # through _apply raises with the cache as it was, and the retry starts over.
         part.offset = result.last_offset
+        if score:
+            self.score([result])
         return result
 
     def _apply(self, part: _PartitionCache, fresh: Sequence[Record], result: BatchResult) -> None:
@@ -173,26 +179,45 @@ class Pipeline:
                                               "ts", bytes(rec.value or b""), rec.key))
             events = admitted.kept(events)
         result.states = engine.state_bytes({ev.account_id: None for ev in events})
-        if not events:
+        if events:
+            result.pending = (events, X)
+
+    def score(self, results: Sequence[BatchResult]) -> None:
+        """Score the rows :meth:`process` left pending, of any number of partitions' batches, in
+        one call of the model (and one for the alerts' reasons): on a lightly loaded worker
+        a batch holds a few rows per partition, and each call of the compiled trees costs far
+        more than its rows. Each batch gets its scores, alerts and scored rows."""
+        todo = [r for r in results if r.pending is not None]
+        if not todo:
             return
         t0 = time.perf_counter()
         student = self.student
+        X = todo[0].pending[1] if len(todo) == 1 else np.concatenate([r.pending[1] for r in todo])
         scores = student.score(X)
         threshold = student.threshold if self.threshold is None else self.threshold
         hits = np.flatnonzero(scores >= threshold)
-        if len(hits):
-            reasons = student.reasons(X[hits], self.reasons_k)
-            names = student.feature_names
-            for j, i in enumerate(hits):
-                ev = events[i]
-                result.alerts.append(Alert(ev.event_id, ev.account_id, ev.ts, float(scores[i]),
-                                           threshold, student.version, reasons[j],
-                                           ev.to_dict(), pkey, dict(zip(names, X[i].tolist()))))
-        result.score_seconds = time.perf_counter() - t0
-        result.scored = len(events)
-        result.event_ids = [ev.event_id for ev in events]
-        result.score_array = scores
-        result.features = X
+        reasons = student.reasons(X[hits], self.reasons_k) if len(hits) else []
+        names = student.feature_names
+        start = h = 0
+        for result in todo:
+            events, rows = result.pending
+            end = start + len(events)
+            while h < len(hits) and hits[h] < end:
+                i = int(hits[h])
+                ev = events[i - start]
+                result.alerts.append(Alert(ev.event_id, ev.account_id, ev.ts, float(scores[i]), threshold,
+                                           student.version, reasons[h], ev.to_dict(), result.partition_key,
+                                           dict(zip(names, X[i].tolist()))))
+                h += 1
+            result.scored = len(events)
+            result.event_ids = [ev.event_id for ev in events]
+            result.score_array = scores[start:end]
+            result.features = rows
+            result.pending = None
+            start = end
+        seconds = time.perf_counter() - t0
+        for result in todo:
+            result.score_seconds = seconds * result.scored / len(scores)
 
     def committed(self, result: BatchResult) -> None:
         """Record that ``result`` is durably stored (the cache may be trimmed now)."""

@@ -25,6 +25,7 @@ import os
 import time
 from typing import Callable, Sequence
 
+import numpy as np
 import orjson
 
 from stream.core import outbox
@@ -128,19 +129,26 @@ class WorkerCore:
                        if challenger is not None else None)
 
     def _observe(self, done: list[tuple[BatchResult, Sequence[Record], list[str]]]) -> None:
-        """Monitoring of stored batches: drift, alert-rate control, the fidelity sample, the shadow."""
-        for result, _, _ in done:
-            if not result.scored:
-                continue
+        """Monitoring of stored batches: drift, alert-rate control, the fidelity sample, the shadow.
+        The partitions' rows go to each monitor at once (the shadow scores them in one call)."""
+        scored = [result for result, _, _ in done if result.scored]
+        if scored:
             threshold = self.student.threshold if self.pipeline.threshold is None else self.pipeline.threshold
+            if len(scored) == 1:
+                ids, X, scores = scored[0].event_ids, scored[0].features, scored[0].score_array
+            else:
+                ids = [i for r in scored for i in r.event_ids]
+                X = np.concatenate([r.features for r in scored])
+                scores = np.concatenate([r.score_array for r in scored])
             if self.drift is not None:
-                self.drift.add(result.features, result.score_array, len(result.alerts))
+                self.drift.add(X, scores, sum(len(r.alerts) for r in scored))
             if self.sampler is not None:
-                self.sampler.add(result.event_ids, result.features, result.score_array)
+                self.sampler.add(ids, X, scores)
             if self.shadow is not None:
-                self.shadow.observe(result.event_ids, result.features, result.score_array, threshold)
+                self.shadow.observe(ids, X, scores, threshold)
             if self.control is not None:
-                self._control(result.score_array)
+                for result in scored:
+                    self._control(result.score_array)
         self._flush_monitor()
 
     def _control(self, scores) -> None:
@@ -278,14 +286,17 @@ class WorkerCore:
         long as it stores them in the order they were prepared.
         """
         self._maybe_reload()
-        return [await self._compute(group) for group in groups if group]
+        prepared = [await self._compute(group, score=False) for group in groups if group]
+        self.pipeline.score([result for _, result, _ in prepared])  # every partition's rows in one call
+        return prepared
 
-    async def _compute(self, group: Sequence[Record]) -> tuple[Sequence[Record], BatchResult, int]:
+    async def _compute(self, group: Sequence[Record], score: bool = True) -> tuple[Sequence[Record], BatchResult, int]:
         """One partition's batch, its result, and the partition's epoch from *before* the
         computation: conservative, a result that may span a revoke (process() waits on
-        retries) is computed again before it is stored."""
+        retries) is computed again before it is stored. ``score=False``: the caller scores
+        it (:meth:`Pipeline.score`)."""
         epoch = self.pipeline.epoch(partition_key(group[0].topic, group[0].partition))
-        result = await self._retry("reading states", lambda: self.pipeline.process(group))
+        result = await self._retry("reading states", lambda: self.pipeline.process(group, score=score))
         return group, result, epoch
 
     async def persist(self, prepared: Prepared) -> list[BatchResult]:

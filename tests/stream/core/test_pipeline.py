@@ -92,6 +92,43 @@ def test_stream_features_and_scores_equal_offline(models, ordered):
     assert set(store.all_alerts()) == expected
 
 
+def test_scoring_the_partitions_in_one_call_gives_each_batch_its_own_results(models, ordered):
+    """Pipeline.score over several partitions' batches: each batch gets exactly the scores,
+    alerts (with their reasons and partition) and rows that scoring it alone gives."""
+    student = load_student(models["student"])
+    parts = to_records(ordered[:6000])
+    alone_store, joint_store = MemoryStore(), MemoryStore()
+    alone, joint = Pipeline(student, alone_store), Pipeline(student, joint_store)
+    sizes = [1, 7, 40, 300, 900]
+    pos = {p: 0 for p in parts}
+    compared = alerts = 0
+    for n in sizes * 3:
+        groups = [parts[p][pos[p]:pos[p] + n] for p in parts if pos[p] < len(parts[p])]
+        for g in groups:
+            pos[g[0].partition] += len(g)
+        expected = [alone.process(g) for g in groups]
+        got = [joint.process(g, score=False) for g in groups]
+        assert all(r.pending is not None for r in got if r.states) and not any(r.alerts for r in got)
+        joint.score(got)
+        for e, g in zip(expected, got):
+            assert g.pending is None and g.scored == e.scored and g.event_ids == e.event_ids
+            np.testing.assert_array_equal(g.score_array, e.score_array)
+            np.testing.assert_array_equal(g.features, e.features)
+            assert g.alerts == e.alerts  # scores, reasons, features and partition key included
+            alerts += len(g.alerts)
+            compared += g.scored
+        for r in expected:
+            alone_store.commit(r)
+        for r in got:
+            joint_store.commit(r)
+    assert compared == 6000 and alerts > 0
+
+    def stored(store):  # the stored alerts, without the time each was written
+        return {k: {f: v for f, v in a.items() if f != "created_ms"} for k, a in store.all_alerts().items()}
+
+    assert stored(joint_store) == stored(alone_store)
+
+
 def test_replayed_records_change_nothing(models, ordered):
     student = load_student(models["student"])
     store = MemoryStore()
