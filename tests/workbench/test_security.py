@@ -318,6 +318,44 @@ def test_session_cookie_flags(wb):
     assert "planted-by-someone-else" not in _set_cookie(r, COOKIE)
 
 
+def test_every_database_session_commits_before_the_response_is_sent():
+    """A handler's writes are committed before its response leaves (the dependency's scope is
+    "function"): a browser acts on a redirect at once, and must find what the POST wrote."""
+    from workbench.web.deps import db_session
+
+    def scopes(dependant) -> list[str | None]:
+        found = []
+        for d in dependant.dependencies:
+            if d.call is db_session:
+                found.append(d.scope)
+            found += scopes(d)
+        return found
+
+    for m, p, route in _routes():
+        assert set(scopes(route.dependant)) <= {"function"}, (m, p, scopes(route.dependant))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_session_row_is_committed_when_the_sign_in_redirect_starts(wb):
+    """The race the end-to-end test hit: the 303 after sign-in went out before the session's
+    row was committed, and the browser's next page sent it back to the login page."""
+    seen: list[int] = []
+
+    async def watching(scope, receive, send):
+        async def watch(message):
+            if message["type"] == "http.response.start" and scope["method"] == "POST":
+                with wb.db.sessions() as s:
+                    seen.append(s.query(WebSession).count())
+            await send(message)
+        await wb.app(scope, receive, watch)
+
+    c = wb.client(watching)
+    r = wb.login(c, "rita")
+    assert r.status_code == 303
+    assert seen == [1]
+    assert c.get("/cases").status_code == 200
+
+
 def test_session_expires_after_idle_ttl(make_bench):
     wb = make_bench(ui_session_ttl_s=1.0)
     b = wb.browser("rita")

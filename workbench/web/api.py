@@ -121,7 +121,7 @@ def _policy(request: Request) -> cases.Policy:
 def list_cases(status: str = "active", sort: str = "risk", reason: str = "", model: str = "", assignee: str = "",
                account: str = "", level: str = "", suppressed: bool = False, after: str = "",
                limit: int = Query(50, ge=1, le=200), actor=Depends(api_user("viewer")),
-               session: Session = Depends(db_session)):
+               session: Session = Depends(db_session, scope="function")):
     """Cases, filtered and sorted like the queue page (sort: risk, score, age, recent)."""
     f = queue.QueueFilter(status=status, sort=sort, reason=reason, model_version=model, assignee=assignee,
                           account=account, level=level, suppressed=suppressed, limit=limit, after=after)
@@ -132,7 +132,7 @@ def list_cases(status: str = "active", sort: str = "risk", reason: str = "", mod
 
 
 @router.get("/cases/{case_id}", response_model=CaseFileOut)
-def get_case(case_id: int, actor=Depends(api_user("viewer")), session: Session = Depends(db_session)):
+def get_case(case_id: int, actor=Depends(api_user("viewer")), session: Session = Depends(db_session, scope="function")):
     """One case in full."""
     cf = case_file(session, case_id)
     cases.viewed(session, case_id, actor)
@@ -140,27 +140,27 @@ def get_case(case_id: int, actor=Depends(api_user("viewer")), session: Session =
 
 
 @router.post("/cases/{case_id}/claim", response_model=CaseOut)
-def claim(request: Request, case_id: int, actor=Depends(api_user("reviewer")), session: Session = Depends(db_session)):
+def claim(request: Request, case_id: int, actor=Depends(api_user("reviewer")), session: Session = Depends(db_session, scope="function")):
     """Claim the case (locked to the token's user)."""
     return case_summary(cases.claim(session, case_id, actor, _policy(request)))
 
 
 @router.post("/cases/{case_id}/release", response_model=CaseOut)
-def release(case_id: int, actor=Depends(api_user("reviewer")), session: Session = Depends(db_session)):
+def release(case_id: int, actor=Depends(api_user("reviewer")), session: Session = Depends(db_session, scope="function")):
     """Give the case back to the queue."""
     return case_summary(cases.release(session, case_id, actor))
 
 
 @router.post("/cases/{case_id}/assign", response_model=CaseOut)
 def assign(request: Request, case_id: int, body: AssignIn, actor=Depends(api_user("approver")),
-           session: Session = Depends(db_session)):
+           session: Session = Depends(db_session, scope="function")):
     """Give the case to a reviewer."""
     return case_summary(cases.assign(session, case_id, body.username, actor, _policy(request)))
 
 
 @router.post("/cases/{case_id}/dispose", response_model=CaseOut)
 def dispose(request: Request, case_id: int, body: DisposeIn, actor=Depends(api_user("reviewer")),
-            session: Session = Depends(db_session)):
+            session: Session = Depends(db_session, scope="function")):
     """Dispose one alert (``event_id``) or the whole case; the token's user must hold the case's lock."""
     if body.event_id is not None:
         cases.dispose_alert(session, case_id, body.event_id, body.decision, body.note, actor, _policy(request))
@@ -170,34 +170,34 @@ def dispose(request: Request, case_id: int, body: DisposeIn, actor=Depends(api_u
 
 @router.post("/cases/{case_id}/approve", response_model=CaseOut)
 def approve(request: Request, case_id: int, body: NoteIn, actor=Depends(api_user("approver")),
-            session: Session = Depends(db_session)):
+            session: Session = Depends(db_session, scope="function")):
     """Approve a decision waiting for a second person."""
     return case_summary(cases.approve(session, case_id, body.note, actor, _policy(request)))
 
 
 @router.post("/cases/{case_id}/reject", response_model=CaseOut)
 def reject(request: Request, case_id: int, body: NoteIn, actor=Depends(api_user("approver")),
-           session: Session = Depends(db_session)):
+           session: Session = Depends(db_session, scope="function")):
     """Send a decision back to its reviewer."""
     return case_summary(cases.reject(session, case_id, body.note, actor, _policy(request)))
 
 
 @router.post("/cases/{case_id}/notes")
-def add_note(case_id: int, body: NoteIn, actor=Depends(api_user("reviewer")), session: Session = Depends(db_session)):
+def add_note(case_id: int, body: NoteIn, actor=Depends(api_user("reviewer")), session: Session = Depends(db_session, scope="function")):
     """Add a note to the case."""
     n = cases.add_note(session, case_id, body.note, actor)
     return {"id": n.id, "case_id": case_id}
 
 
 @router.get("/ratings/{account_id}", response_model=RatingOut)
-def get_rating(account_id: str, actor=Depends(api_user("viewer")), session: Session = Depends(db_session)):
+def get_rating(account_id: str, actor=Depends(api_user("viewer")), session: Session = Depends(db_session, scope="function")):
     """An account's risk rating."""
     return rating_view(session, account_id)
 
 
 @router.post("/ratings/{account_id}", response_model=RatingOut)
 def override_rating(account_id: str, body: OverrideIn, actor=Depends(api_user("reviewer")),
-                    session: Session = Depends(db_session)):
+                    session: Session = Depends(db_session, scope="function")):
     """Override an account's risk level until an expiry, with a reason."""
     until = datetime.now(timezone.utc) + timedelta(days=body.days)
     cases.override_rating(session, account_id, body.level, body.reason, until, actor)
@@ -205,7 +205,7 @@ def override_rating(account_id: str, body: OverrideIn, actor=Depends(api_user("r
 
 
 @router.get("/stats")
-def get_stats(request: Request, actor=Depends(api_user("viewer")), session: Session = Depends(db_session)):
+def get_stats(request: Request, actor=Depends(api_user("viewer")), session: Session = Depends(db_session, scope="function")):
     """The dashboard's figures."""
     from workbench.web.routes_dashboard import figures
 

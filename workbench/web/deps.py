@@ -38,7 +38,12 @@ class RoleRequired(Exception):
 
 
 def db_session(request: Request) -> Iterator[Session]:
-    """One session per request, in one transaction committed when the handler returns."""
+    """One session per request, in one transaction committed when the handler returns.
+
+    Every use names ``scope="function"``: the commit then runs as the handler returns and
+    *before* the response is sent. With FastAPI's default scope ("request") it ran after the
+    response went out, so a browser following a sign-in's redirect could ask for the next page
+    before its session row was committed, and be sent back to the login page."""
     with request.app.state.db.transaction() as session:
         yield session
 
@@ -65,7 +70,7 @@ class PageUser:
 def page_user(role: str) -> Callable[..., PageUser]:
     """Dependency: the page's user, who must hold ``role`` or above."""
 
-    def dep(request: Request, session: Session = Depends(db_session)) -> PageUser:
+    def dep(request: Request, session: Session = Depends(db_session, scope="function")) -> PageUser:
         cookie = request.cookies.get(COOKIE)
         web = auth.session_user(session, cookie, request.app.state.settings.ui_session_ttl_s)
         if web is None:
@@ -91,7 +96,7 @@ def csrf_checked(role: str) -> Callable[..., PageUser]:
 def api_user(role: str) -> Callable[..., Actor]:
     """Dependency: the API caller (``Authorization: Bearer <token>``), who must hold ``role``."""
 
-    def dep(request: Request, session: Session = Depends(db_session)) -> Actor:
+    def dep(request: Request, session: Session = Depends(db_session, scope="function")) -> Actor:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         user = auth.token_user(session, token.strip()) if scheme.lower() == "bearer" else None

@@ -16,7 +16,7 @@ router = APIRouter(tags=["audit"], include_in_schema=False)
 @router.get("/audit")
 def audit_page(request: Request, actor: str = "", action: str = "", object_id: str = "",
                before: int = Query(0, ge=0), pu: PageUser = Depends(page_user("approver")),
-               session: Session = Depends(db_session)):
+               session: Session = Depends(db_session, scope="function")):
     """The audit trail, 100 rows a page, with the chain's verification."""
     q = select(AuditRow)
     if actor:

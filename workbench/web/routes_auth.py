@@ -41,7 +41,7 @@ def login_form(request: Request, next: str = "/"):  # noqa: A002 - the query par
 
 @router.post("/login")
 def login(request: Request, username: str = Form(""), password: str = Form(""), csrf: str = Form(""),
-          next: str = Form("/"), session: Session = Depends(db_session)):  # noqa: A002
+          next: str = Form("/"), session: Session = Depends(db_session, scope="function")):  # noqa: A002
     """Check the password; on success a new session cookie (HttpOnly, SameSite, Secure under TLS)."""
     address = client_address(request)
     if not auth.csrf_ok(request.cookies.get(PRE_COOKIE, ""), csrf):
@@ -71,7 +71,7 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: str = Form(""), session: Session = Depends(db_session)):
+def logout(request: Request, csrf: str = Form(""), session: Session = Depends(db_session, scope="function")):
     """End the session. Its CSRF token must match: another site cannot sign a reviewer out."""
     cookie = request.cookies.get(COOKIE)
     web = auth.session_user(session, cookie, request.app.state.settings.ui_session_ttl_s)

@@ -25,7 +25,7 @@ def _back(case_id: int, flash: str) -> RedirectResponse:
 def queue_page(request: Request, status: str = "active", sort: str = "risk", reason: str = "", model: str = "",
                assignee: str = "", account: str = "", level: str = "", suppressed: bool = False,
                after: str = "", limit: int = Query(50, ge=1, le=200),
-               pu: PageUser = Depends(page_user("viewer")), session: Session = Depends(db_session)):
+               pu: PageUser = Depends(page_user("viewer")), session: Session = Depends(db_session, scope="function")):
     """The queue: cases filtered and sorted, one keyset page at a time."""
     f = queue.QueueFilter(status=status, sort=sort, reason=reason, model_version=model,
                           assignee=pu.user.username if assignee == "me" else assignee, account=account.strip(),
@@ -42,7 +42,7 @@ def queue_page(request: Request, status: str = "active", sort: str = "risk", rea
 
 @router.get("/cases/{case_id}")
 def case_page(request: Request, case_id: int, done: str = "", pu: PageUser = Depends(page_user("viewer")),
-              session: Session = Depends(db_session)):
+              session: Session = Depends(db_session, scope="function")):
     """The case: alerts and reasons in words, timeline, decisions, notes, rating, audit trail, actions."""
     cf = case_file(session, case_id)
     cases.viewed(session, case_id, pu.actor)
@@ -55,14 +55,14 @@ def case_page(request: Request, case_id: int, done: str = "", pu: PageUser = Dep
 
 @router.post("/cases/{case_id}/claim")
 def claim(request: Request, case_id: int, pu: PageUser = Depends(csrf_checked("reviewer")),
-          session: Session = Depends(db_session)):
+          session: Session = Depends(db_session, scope="function")):
     """Claim the case (locked to you)."""
     cases.claim(session, case_id, pu.actor, request.app.state.policy)
     return _back(case_id, "claimed")
 
 
 @router.post("/cases/{case_id}/release")
-def release(case_id: int, pu: PageUser = Depends(csrf_checked("reviewer")), session: Session = Depends(db_session)):
+def release(case_id: int, pu: PageUser = Depends(csrf_checked("reviewer")), session: Session = Depends(db_session, scope="function")):
     """Give the case back to the queue."""
     cases.release(session, case_id, pu.actor)
     return _back(case_id, "released")
@@ -70,7 +70,7 @@ def release(case_id: int, pu: PageUser = Depends(csrf_checked("reviewer")), sess
 
 @router.post("/cases/{case_id}/assign")
 def assign(request: Request, case_id: int, username: str = Form(...),
-           pu: PageUser = Depends(csrf_checked("approver")), session: Session = Depends(db_session)):
+           pu: PageUser = Depends(csrf_checked("approver")), session: Session = Depends(db_session, scope="function")):
     """Give the case to a reviewer."""
     cases.assign(session, case_id, username, pu.actor, request.app.state.policy)
     return _back(case_id, "assigned")
@@ -78,7 +78,7 @@ def assign(request: Request, case_id: int, username: str = Form(...),
 
 @router.post("/cases/{case_id}/alerts/{event_id}/dispose")
 def dispose_alert(request: Request, case_id: int, event_id: str, decision: str = Form(...), note: str = Form(""),
-                  pu: PageUser = Depends(csrf_checked("reviewer")), session: Session = Depends(db_session)):
+                  pu: PageUser = Depends(csrf_checked("reviewer")), session: Session = Depends(db_session, scope="function")):
     """Dispose one alert of the case, with a note."""
     cases.dispose_alert(session, case_id, event_id, decision, note, pu.actor, request.app.state.policy)
     return _back(case_id, "alert-disposed")
@@ -86,7 +86,7 @@ def dispose_alert(request: Request, case_id: int, event_id: str, decision: str =
 
 @router.post("/cases/{case_id}/dispose")
 def dispose_case(request: Request, case_id: int, decision: str = Form(...), note: str = Form(""),
-                 pu: PageUser = Depends(csrf_checked("reviewer")), session: Session = Depends(db_session)):
+                 pu: PageUser = Depends(csrf_checked("reviewer")), session: Session = Depends(db_session, scope="function")):
     """Dispose the whole case, with a note."""
     cases.dispose_case(session, case_id, decision, note, pu.actor, request.app.state.policy)
     return _back(case_id, "case-disposed")
@@ -94,7 +94,7 @@ def dispose_case(request: Request, case_id: int, decision: str = Form(...), note
 
 @router.post("/cases/{case_id}/approve")
 def approve(request: Request, case_id: int, note: str = Form(""), pu: PageUser = Depends(csrf_checked("approver")),
-            session: Session = Depends(db_session)):
+            session: Session = Depends(db_session, scope="function")):
     """Approve a decision waiting for a second person (four-eyes)."""
     cases.approve(session, case_id, note, pu.actor, request.app.state.policy)
     return _back(case_id, "approved")
@@ -102,7 +102,7 @@ def approve(request: Request, case_id: int, note: str = Form(""), pu: PageUser =
 
 @router.post("/cases/{case_id}/reject")
 def reject(request: Request, case_id: int, note: str = Form(""), pu: PageUser = Depends(csrf_checked("approver")),
-           session: Session = Depends(db_session)):
+           session: Session = Depends(db_session, scope="function")):
     """Send a decision back to its reviewer."""
     cases.reject(session, case_id, note, pu.actor, request.app.state.policy)
     return _back(case_id, "rejected")
@@ -110,7 +110,7 @@ def reject(request: Request, case_id: int, note: str = Form(""), pu: PageUser = 
 
 @router.post("/cases/{case_id}/notes")
 def note(case_id: int, body: str = Form(""), pu: PageUser = Depends(csrf_checked("reviewer")),
-         session: Session = Depends(db_session)):
+         session: Session = Depends(db_session, scope="function")):
     """Add a note."""
     cases.add_note(session, case_id, body, pu.actor)
     return _back(case_id, "noted")
@@ -124,7 +124,7 @@ def _until(days: float) -> datetime:
 
 @router.post("/cases/{case_id}/suppress")
 def suppress(case_id: int, reason: str = Form(""), days: float = Form(7.0),
-             pu: PageUser = Depends(csrf_checked("approver")), session: Session = Depends(db_session)):
+             pu: PageUser = Depends(csrf_checked("approver")), session: Session = Depends(db_session, scope="function")):
     """Keep the account's cases out of the queue for ``days``, with a reason."""
     c = case_file(session, case_id)["case"]
     cases.suppress(session, c["account_id"], reason, _until(days), pu.actor)
@@ -133,7 +133,7 @@ def suppress(case_id: int, reason: str = Form(""), days: float = Form(7.0),
 
 @router.post("/cases/{case_id}/rating")
 def override(case_id: int, level: str = Form(...), reason: str = Form(""), days: float = Form(30.0),
-             pu: PageUser = Depends(csrf_checked("reviewer")), session: Session = Depends(db_session)):
+             pu: PageUser = Depends(csrf_checked("reviewer")), session: Session = Depends(db_session, scope="function")):
     """Override the account's risk level until an expiry, with a reason."""
     c = case_file(session, case_id)["case"]
     cases.override_rating(session, c["account_id"], level, reason, _until(days), pu.actor)
@@ -142,7 +142,7 @@ def override(case_id: int, level: str = Form(...), reason: str = Form(""), days:
 
 @router.get("/cases/{case_id}/sar.{fmt}")
 def sar_export(case_id: int, fmt: str, pu: PageUser = Depends(page_user("reviewer")),
-               session: Session = Depends(db_session)):
+               session: Session = Depends(db_session, scope="function")):
     """The SAR package of the case, as JSON or Markdown (a download)."""
     if fmt not in ("json", "md"):
         raise cases.NotFound(f"no export format {fmt!r} (json or md)")

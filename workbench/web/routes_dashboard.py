@@ -61,7 +61,7 @@ def health(request: Request, session: Session) -> dict:
 
 
 @router.get("/")
-def dashboard(request: Request, pu: PageUser = Depends(page_user("viewer")), session: Session = Depends(db_session)):
+def dashboard(request: Request, pu: PageUser = Depends(page_user("viewer")), session: Session = Depends(db_session, scope="function")):
     """The dashboard page."""
     return request.app.state.templates.TemplateResponse(
         request, "dashboard.html", {"user": pu.user, "csrf": pu.web.csrf, "f": figures(request, session),
@@ -71,14 +71,14 @@ def dashboard(request: Request, pu: PageUser = Depends(page_user("viewer")), ses
 
 @router.get("/dashboard/health")
 def dashboard_health(request: Request, pu: PageUser = Depends(page_user("viewer")),
-                     session: Session = Depends(db_session)):
+                     session: Session = Depends(db_session, scope="function")):
     """Model health as JSON: the served model's drift and live fidelity, the shadow challenger."""
     return health(request, session)
 
 
 @router.get("/dashboard/figures")
 def dashboard_figures(request: Request, pu: PageUser = Depends(page_user("viewer")),
-                      session: Session = Depends(db_session)):
+                      session: Session = Depends(db_session, scope="function")):
     """The figures as JSON, for the page's refresh."""
     return figures(request, session)
 
