@@ -54,7 +54,8 @@ drawn log-uniformly, so a bot's seconds are as likely as a patient attacker's ho
     ``mule_turnaround``: 2-5 times, a deposit (500-50k USD) followed 1 min to 8 h later
     by a withdrawal of 80-99 % of it to a fresh address. Labelled: the withdrawals.
     ``velocity_burst``: 20-200 trades or withdrawals at a nearly constant interval of
-    0.3-3 s, from the usual or a hosting IP.
+    0.3-3 s, from the usual or a hosting IP; half of them start 1 s to 10 min after a login
+    from that context (a script that signs in, then fires), the rest with no login (an API key).
     ``dormant_reactivation``: a dormant account with no event in the previous 30-60 days
     (or none since the start) logs in and, 30 s to 2 h later, withdraws 40-100 % of its
     balance in 1-2 withdrawals. Labelled: the withdrawals.
@@ -182,6 +183,8 @@ STRUCT_SPAN_H = (12.0, 72.0)
 STRUCT_FRACTION = (0.851, 0.999)       # of REPORTING_THRESHOLD_USD
 VELOCITY_EVENTS = (20, 200)
 VELOCITY_GAP_S = (0.3, 3.0)
+VELOCITY_SESSION = 0.5                 # share of bursts that start inside a login session
+VELOCITY_LOGIN_S = (1.0, 600.0)        # that session's login -> the burst's first event
 DORMANT_SILENCE_DAYS = (30.0, 60.0)
 DORMANT_DELAY_S = (30.0, 2 * 3600.0)   # login -> first withdrawal
 DORMANT_SHARE = (0.4, 1.0)
@@ -578,6 +581,9 @@ class _Simulator:
         if rng.random() < 0.5:
             ip = int(self._new_ips([country], hosting=True)[0])
         ctx = (dev, ip, country)
+        if rng.random() < VELOCITY_SESSION:  # a bot that signs in first, then fires
+            lead_ms = float(self._loguniform(*VELOCITY_LOGIN_S)) * 1000
+            self._add(a, int(ts[0] - lead_ms), LOGIN, _USDT, ctx)
         if rng.random() < 0.7:
             asset = self._pref_asset(a, trade=True)
             usd = self.typical[a] * rng.uniform(0.05, 0.5)

@@ -12,8 +12,8 @@ from stream.events.files import read_event_dicts, write_events
 from stream.events.schema import EVENT_TYPES, event_from_dict
 from stream.features.layout import REPORTING_THRESHOLD_USD
 from training.simulate import (
-    ASSETS, ATO_HIJACK, ATO_WITHDRAWALS, DORMANT_DELAY_S, DEFAULT_DUPLICATE_FRACTION, DEFAULT_LATE_FRACTION, SCENARIOS, deliver,
-    simulate,
+    ASSETS, ATO_HIJACK, ATO_WITHDRAWALS, DORMANT_DELAY_S, DEFAULT_DUPLICATE_FRACTION, DEFAULT_LATE_FRACTION, SCENARIOS,
+    VELOCITY_LOGIN_S, deliver, simulate,
 )
 
 START = 1767571200000
@@ -175,6 +175,31 @@ def test_velocity_bursts_are_fast_and_regular(events, by_account):
         assert ts[-1] - ts[0] <= 10 * 60_000
         assert gaps[len(gaps) // 2] <= 3_500
         assert gaps[-1] <= 3 * gaps[len(gaps) // 2]  # nearly constant inter-arrival
+
+
+def test_some_velocity_bursts_start_inside_a_login_session_and_some_do_not():
+    # A script that signs in and fires, and one on an API key (no login): both are in the
+    # training data, so "soon after a login" does not read as "normal" to the models.
+    lo, hi = VELOCITY_LOGIN_S[0] * 1000, VELOCITY_LOGIN_S[1] * 1000
+    in_session = without = 0
+    for seed in range(4):
+        history = simulate(20_000, 200, 10, seed)
+        bursts = defaultdict(list)
+        for e in history:
+            if e["scenario"] == "velocity_burst":
+                bursts[e["account_id"]].append(e)
+        for account, burst in bursts.items():
+            first = min(burst, key=lambda e: e["ts"])
+            logins = [e for e in history if e["account_id"] == account and e["type"] == "login"
+                      and e["device_id"] == first["device_id"] and e["ip"] == first["ip"]
+                      and 0 < first["ts"] - e["ts"] <= hi]
+            if logins:
+                in_session += 1
+                assert max(first["ts"] - e["ts"] for e in logins) >= lo
+                assert all(e["label"] == 0 for e in logins)
+            else:
+                without += 1
+    assert in_session and without, (in_session, without)
 
 
 def test_mule_withdrawals_follow_a_deposit_of_about_the_same_value(events, by_account):
