@@ -39,6 +39,8 @@ RISK_DIRECTIONS: dict[str, tuple[int, str]] = {
     "log_gap_login": (-1, "sooner after a login is not less risky"),
     "log_gap_deposit": (-1, "sooner after a deposit is not less risky (a mule's turnaround)"),
     "log_gap_prev": (-1, "sooner after the previous event is not less risky (velocity)"),
+    "cnt_5m": (1, "more events in 5 minutes are not less risky (velocity)"),
+    "cnt_1h": (1, "more events in an hour are not less risky (velocity)"),
     "wd_cnt_5m": (1, "more withdrawals in 5 minutes are not less risky"),
     "wd_cnt_1h": (1, "more withdrawals in an hour are not less risky"),
     "log_wd_usd_1h": (1, "more USD withdrawn in an hour is not less risky"),

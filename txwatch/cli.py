@@ -13,6 +13,7 @@ from typing import Any, Callable
 import orjson
 
 from stream.errors import TxwatchError
+from training.defaults import DEFAULT_LEAF_BUDGET, DEFAULT_NOISE
 from training.simulate import DEFAULT_DUPLICATE_FRACTION, DEFAULT_LATE_FRACTION
 
 
@@ -503,8 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--family", choices=("trees", "linear"), help="force a student family (default: best on validation)")
     d.add_argument("--temperature", type=float, default=10.0, help="soft-target temperature (default 10)")
     d.add_argument("--augment", type=float, default=1.0, help="augmented rows per training row (default 1)")
-    d.add_argument("--noise", type=float, default=0.05, help="augmentation noise, in feature std units (default 0.05)")
-    d.add_argument("--leaf-budget", type=_fraction, default=0.01, help="student leaves as a fraction of the teacher's (default 0.01)")
+    d.add_argument("--noise", type=float, default=DEFAULT_NOISE,
+                   help=f"augmentation noise, in feature std units (default {DEFAULT_NOISE:g})")
+    d.add_argument("--leaf-budget", type=_fraction, default=DEFAULT_LEAF_BUDGET,
+                   help=f"student leaves as a fraction of the teacher's (default {DEFAULT_LEAF_BUDGET:g})")
     d.add_argument("--student-leaves", type=_positive_int, help="leaves per student tree (default 7)")
     d.add_argument("--student-learning-rate", type=float, help="student learning rate (default 0.3)")
     d.add_argument("--monotone", help="features held to their risk direction (default: the teacher's)")
@@ -611,8 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--learning-rate", type=float, default=0.03, help="teacher (default 0.03)")
     rt.add_argument("--early-stopping", type=_positive_int, default=200, help="teacher: rounds without validation "
                     "gain (default 200)")
-    rt.add_argument("--leaf-budget", type=_fraction, default=0.01, help="student: leaves as a share of the teacher's "
-                    "(default 0.01)")
+    rt.add_argument("--leaf-budget", type=_fraction, default=DEFAULT_LEAF_BUDGET,
+                    help=f"student: leaves as a share of the teacher's (default {DEFAULT_LEAF_BUDGET:g})")
     rt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rt.add_argument("--why", help="reason, kept with the challenger record")
     rt.add_argument("--no-install", action="store_true", help="only write and evaluate the artifacts")
