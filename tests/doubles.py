@@ -52,11 +52,12 @@ class MemoryStore:
                 added.append(a.event_id)
         return added
 
-    def commit_many(self, results: list[BatchResult]) -> list[list[str] | FenceError]:
+    def commit_many(self, results: list[BatchResult], cleared=None) -> list[list[str] | FenceError]:
         """Like :meth:`stream.adapters.redis_store.RedisStore.commit_many`."""
         if self.fail_next:
             self.fail_next -= 1
             raise ServiceUnavailable("memory store: injected failure")
+        self._drop(cleared or {})
         out: list[list[str] | FenceError] = []
         for r in results:
             try:
@@ -73,10 +74,14 @@ class MemoryStore:
         """Like :meth:`stream.adapters.redis_store.RedisStore.outbox`."""
         return dict(self.outboxes.get(pkey, {}))
 
-    def clear_outbox(self, pkey: str, ids) -> None:
+    def clear_outbox(self, cleared) -> None:
         """Like :meth:`stream.adapters.redis_store.RedisStore.clear_outbox`."""
-        for i in ids:
-            self.outboxes.get(pkey, {}).pop(i, None)
+        self._drop(cleared)
+
+    def _drop(self, cleared) -> None:
+        for pkey, ids in cleared.items():
+            for i in ids:
+                self.outboxes.get(pkey, {}).pop(i, None)
 
 
 class MemorySink:

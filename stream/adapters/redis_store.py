@@ -51,7 +51,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import orjson
 import redis
@@ -202,11 +202,22 @@ class RedisStore:
             raw = self.client.hgetall(self.key(pkey, "outbox"))
         return {int(k): v for k, v in raw.items()}
 
-    def clear_outbox(self, pkey: str, ids) -> None:
-        """Remove published outbox entries (one HDEL)."""
-        if ids:
+    def clear_outbox(self, cleared: Mapping[str, Sequence[int]]) -> None:
+        """Remove published outbox entries of several partitions (one round trip)."""
+        if any(cleared.values()):
             with _reachable("outbox clear"):
-                self.client.hdel(self.key(pkey, "outbox"), *[str(i) for i in ids])
+                pipe = self.client.pipeline(transaction=False)
+                self._queue_clears(pipe, cleared)
+                pipe.execute()
+
+    def _queue_clears(self, pipe, cleared: Mapping[str, Sequence[int]] | None) -> int:
+        """Queue one HDEL per partition with published entries; how many were queued."""
+        n = 0
+        for pkey, ends in (cleared or {}).items():
+            if ends:
+                pipe.hdel(self.key(pkey, "outbox"), *[str(i) for i in ends])
+                n += 1
+        return n
 
     # -- drift windows -------------------------------------------------------------------
     def drift_key(self, version: str, start_s: int) -> str:
@@ -386,35 +397,40 @@ class RedisStore:
             raise outcome
         return outcome
 
-    def commit_many(self, results: list[BatchResult]) -> list[list[str] | FenceError]:
-        """Apply several partitions' batches in one round trip (one atomic script each).
+    def commit_many(self, results: list[BatchResult],
+                    cleared: Mapping[str, Sequence[int]] | None = None) -> list[list[str] | FenceError]:
+        """Apply several partitions' batches in one round trip (one atomic script each),
+        removing the outbox entries in ``cleared`` (already on Kafka) in the same trip.
 
         Returns, per result, the newly added alert ids or the ``FenceError`` it met.
         """
         live = [r for r in results if not r.empty]
         if not live:
+            self.clear_outbox(cleared or {})
             return [[] for _ in results]
         with _reachable("batch write"):
             try:
-                replies = self._run(live)
+                replies = self._run(live, cleared)
             except NoScriptError:
                 # Redis lost its script cache (a restart, SCRIPT FLUSH): load it, send again.
-                # Nothing ran (every call names the same script), and a batch that did run
-                # would be a no-op the second time (its end offset is stored).
+                # No script ran (every call names the same one), a batch that did run would
+                # be a no-op the second time (its end offset is stored), and HDEL repeats.
                 self.client.script_load(_COMMIT_LUA)
-                replies = self._run(live)
+                replies = self._run(live, cleared)
         it = iter(replies)
         return [[] if r.empty else self._added(r, next(it)) for r in results]
 
-    def _run(self, live: list[BatchResult]) -> list:
-        """One round trip: EVALSHA of the commit script per batch, pipelined. (redis-py's
-        Script objects would first ask SCRIPT EXISTS on every pipeline: a second round trip
-        per batch.)"""
+    def _run(self, live: list[BatchResult], cleared: Mapping[str, Sequence[int]] | None = None) -> list:
+        """One round trip: EVALSHA of the commit script per batch, pipelined, after the
+        HDELs of published outbox entries; returns the scripts' replies. (redis-py's Script
+        objects would first ask SCRIPT EXISTS on every pipeline: a second round trip per
+        batch.)"""
         pipe = self.client.pipeline(transaction=False)
+        n_clears = self._queue_clears(pipe, cleared)
         for r in live:
             keys, args = self._script_call(r)
             pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
-        return pipe.execute()
+        return pipe.execute()[n_clears:]
 
 
 def redis_client(settings: Settings) -> redis.Redis:

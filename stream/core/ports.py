@@ -11,7 +11,7 @@ which the core retries with backoff; any other exception is a bug and propagates
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from stream.errors import TxwatchError
 
@@ -58,18 +58,21 @@ class StateSource(Protocol):
 class StateStore(StateSource, Protocol):
     """A :class:`StateSource` that also applies batch results, one atomic step each."""
 
-    def commit_many(self, results: list["BatchResult"]) -> list[list[str] | FenceError]:
+    def commit_many(self, results: list["BatchResult"],
+                    cleared: Mapping[str, Sequence[int]] | None = None) -> list[list[str] | FenceError]:
         """Apply each result atomically (fenced on its ``first_offset``), its ``outbox``
         entry included; per result, the event ids of the alerts it newly added, or the
-        ``FenceError`` it met."""
+        ``FenceError`` it met. ``cleared``: outbox entries (partition key -> batch end
+        offsets) whose messages Kafka has acknowledged, removed in the same round trip."""
         ...
 
     def outbox(self, partition_key: str) -> dict[int, bytes]:
         """The partition's outbox entries not yet cleared, by batch end offset."""
         ...
 
-    def clear_outbox(self, partition_key: str, ids: Sequence[int]) -> None:
-        """Remove outbox entries whose messages Kafka has acknowledged."""
+    def clear_outbox(self, cleared: Mapping[str, Sequence[int]]) -> None:
+        """Remove outbox entries (partition key -> batch end offsets) whose messages Kafka
+        has acknowledged, when no commit is coming to carry them."""
         ...
 
 

@@ -11,7 +11,9 @@ the dead letters and alerts are published to Kafka (at-least-once; consumers ded
 by key), without holding the next batch's commit; Kafka offsets are committed once both
 are done. A crash anywhere replays the batch: the stored offset makes the replay a no-op
 in the store, and whatever the outbox still holds is published by the partition's next
-owner.
+owner. An entry Kafka has acknowledged is removed from the outbox by the next commit's round
+trip (or at the next idle tick), not by a round trip of its own; one a crash leaves there
+is published again (at-least-once).
 
 The core talks to the world only through its ports (:mod:`stream.core.ports`).
 """
@@ -78,6 +80,7 @@ class WorkerCore:
         self._next_log = time.monotonic() + settings.log_interval_s
         self._publishing: list[asyncio.Future] = []   # publishes of persisted batches in flight
         self._drained: set[str] = set()               # partitions whose outbox was read since they came
+        self._acked_entries: dict[str, list[int]] = {}  # outbox entries on Kafka, to clear with the next commit
         self.monitor = monitor
         self.drift: DriftCounter | None = None
         self.control: RateController | None = None
@@ -322,8 +325,13 @@ class WorkerCore:
             for result in results:
                 msgs = messages[id(result)] = self._messages(result)
                 result.outbox = outbox.pack(msgs) if msgs else b""
-            outcomes = await self._retry("writing the batch to Redis",
-                                         lambda: asyncio.to_thread(self.store.commit_many, results))
+            cleared, self._acked_entries = self._acked_entries, {}
+            try:
+                outcomes = await self._retry("writing the batch to Redis",
+                                             lambda: asyncio.to_thread(self.store.commit_many, results, cleared))
+            except BaseException:
+                self._keep_acked(cleared)
+                raise
             pending = []
             for (group, result, epoch), outcome in zip(current, outcomes):
                 if isinstance(outcome, FenceError):
@@ -374,17 +382,46 @@ class WorkerCore:
             for topic, key, value, headers in msgs:
                 by_topic.setdefault(topic, []).append((key, value, headers))
         await asyncio.gather(*(self.publish(topic, items) for topic, items in by_topic.items()))
-        cleared: dict[str, list[int]] = {}
+        acked: dict[str, list[int]] = {}
         for pkey, end, _ in entries:
-            cleared.setdefault(pkey, []).append(end)
-        for pkey, ends in cleared.items():
-            await self._retry("clearing the outbox",
-                              lambda pkey=pkey, ends=ends: asyncio.to_thread(self.store.clear_outbox, pkey, ends))
+            acked.setdefault(pkey, []).append(end)
+        self._keep_acked(acked)
+
+    def _keep_acked(self, entries: dict[str, list[int]]) -> None:
+        """Outbox entries whose messages Kafka has: cleared by the next commit (or idle tick)."""
+        for pkey, ends in entries.items():
+            self._acked_entries.setdefault(pkey, []).extend(ends)
+
+    def clear_published(self) -> None:
+        """No commit is coming (idle, stopping): clear the acknowledged outbox entries in one
+        round trip."""
+        cleared, self._acked_entries = self._acked_entries, {}
+        self._clear(cleared)
+
+    def _clear(self, cleared: dict[str, list[int]]) -> None:
+        """Remove ``cleared`` from the outbox; if Redis does not answer they wait for the next
+        commit (a crash before then publishes them again: at-least-once)."""
+        if not cleared:
+            return
+        try:
+            self.store.clear_outbox(cleared)
+        except ServiceUnavailable as exc:
+            log.debug("outbox not cleared yet: %s", exc)
+            self._keep_acked(cleared)
+
+    async def settle(self) -> None:
+        """Wait for the persisted batches' publishes, then clear their outbox entries: before
+        partitions are given up or the worker stops, so their next owner does not publish
+        them again."""
+        await self.published()
+        cleared, self._acked_entries = self._acked_entries, {}
+        await asyncio.to_thread(self._clear, cleared)
 
     async def published(self) -> None:
-        """Wait until every message of the batches persisted so far is acknowledged by Kafka
-        (and cleared from the outbox); a publish that failed raises here. Several callers
-        may wait at once: each waits for all the publishes started before its call."""
+        """Wait until every message of the batches persisted so far is acknowledged by Kafka;
+        a publish that failed raises here. Several callers may wait at once: each waits for
+        all the publishes started before its call. (The entries leave the outbox with the
+        next commit or idle tick.)"""
         pending = list(self._publishing)
         if pending:
             await asyncio.gather(*pending)
@@ -421,7 +458,9 @@ class WorkerCore:
                     m.latency.observe(max(now - ts / 1000.0, 0.0))
 
     def idle(self) -> None:
-        """Housekeeping when no records arrive: model checks, monitoring records and the progress line go on."""
+        """Housekeeping when no records arrive: model checks, monitoring records, the outbox
+        entries already on Kafka and the progress line go on."""
+        self.clear_published()
         self._maybe_reload()
         self._flush_monitor()
         self._maybe_log()

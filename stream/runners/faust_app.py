@@ -84,6 +84,9 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         batcher = state.get("batcher")
         if batcher is not None:
             await asyncio.shield(batcher.drain())
+        core = state.get("core")
+        if core is not None:  # the drained batches' outbox entries, on Kafka now: cleared
+            await asyncio.shield(core.settle())
         buffered = state.get("buffered")
         if buffered is not None:
             buffered.forget(revoked)
@@ -119,6 +122,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
             _stop_worker(exc)
         finally:
             flusher.cancel()
+            core.clear_published()  # outbox entries already on Kafka, not left to be published again
             core.flush_monitoring()  # open drift/shadow windows and the waiting sample, not lost with the process
 
     @app.timer(interval=min(settings.model_poll_s, settings.log_interval_s))

@@ -54,3 +54,25 @@ def test_commit_survives_redis_losing_its_script_cache(store, models, small_hist
     store.commit(second)
     assert store.offset("ev:1") == 599
     assert store.client.script_exists(store._commit.sha) == [True]
+
+
+def test_a_commit_removes_the_published_outbox_entries_in_its_own_round_trip(store, models, small_history):
+    """Entries already on Kafka ride along with the next commit (HDEL before the scripts,
+    in one pipeline), and that commit's own replies are unchanged by them."""
+    events = small_history[:900]
+    pipe = Pipeline(load_student(models["student"]), store)
+    recs = {p: [Record("ev", p, i, orjson.dumps(e)) for i, e in enumerate(events)] for p in (2, 3)}
+    first = [pipe.process(recs[p][:300]) for p in (2, 3)]
+    for r in first:
+        r.outbox = b"first " + r.partition_key.encode()
+    store.commit_many(first)
+    assert {p: sorted(store.outbox(f"ev:{p}")) for p in (2, 3)} == {2: [299], 3: [299]}
+    second = [pipe.process(recs[p][300:600]) for p in (2, 3)]
+    for r in second:
+        r.outbox = b"second"
+    store.client.script_flush()  # and the reload path keeps the HDELs' replies apart too
+    outcomes = store.commit_many(second, {"ev:2": [299], "ev:3": [299]})
+    assert outcomes == [[a.event_id for a in r.alerts] for r in second] and any(outcomes)
+    assert {p: store.outbox(f"ev:{p}") for p in (2, 3)} == {2: {599: b"second"}, 3: {599: b"second"}}
+    store.clear_outbox({"ev:2": [599], "ev:3": [599], "ev:4": []})
+    assert store.outbox("ev:2") == {} and store.outbox("ev:3") == {}

@@ -76,8 +76,11 @@ def test_the_redis_commit_comes_first_with_its_outbox_then_kafka_then_the_outbox
     asyncio.run(core.handle(batch))
     kinds = [entry[0] for entry in journal.log]
     assert kinds.count("redis") == 1 and kinds[0] == "redis"  # Redis first, Kafka after
-    # The commit stored the batch's messages (its outbox entry); once Kafka had them, it was cleared.
-    assert len(outboxes_at_commit[0]) == 1 and store.outbox(f"{TOPIC}:0") == {}
+    # The commit stored the batch's messages (its outbox entry); Kafka has them now, and the
+    # entry leaves the outbox with the next commit or, with none coming, the idle tick.
+    assert len(outboxes_at_commit[0]) == 1 and len(store.outbox(f"{TOPIC}:0")) == 1
+    core.idle()
+    assert store.outbox(f"{TOPIC}:0") == {}
     alerts = [e for e in journal.log if e[0] == "kafka" and e[1] == core.settings.alerts_topic]
     assert len(alerts) == n_alerts == len(store.all_alerts())
     body = orjson.loads(alerts[0][3])
@@ -91,6 +94,34 @@ def test_the_redis_commit_comes_first_with_its_outbox_then_kafka_then_the_outbox
     assert m.value(m.events, outcome="scored") == len(evs)
     assert m.value(m.events, outcome="dead") == 1
     assert m.value(m.alerts) == n_alerts
+
+
+def test_published_outbox_entries_leave_with_the_next_commit_not_a_round_trip_of_their_own(
+        models, small_history, tmp_path):
+    core, journal, store = make_core(models, tmp_path)
+    commits, clears = [], []
+    commit_many, clear_outbox = store.commit_many, store.clear_outbox
+
+    def spying_commit_many(results, cleared=None):
+        commits.append({k: list(v) for k, v in (cleared or {}).items()})
+        return commit_many(results, cleared)
+
+    def spying_clear(cleared):
+        clears.append(cleared)
+        return clear_outbox(cleared)
+    store.commit_many, store.clear_outbox = spying_commit_many, spying_clear
+    evs = small_history[:3000]
+    asyncio.run(core.handle(records(evs[:1000], partition=0) + records(evs[:1000], partition=1)))
+    ends = {f"{TOPIC}:{p}": 999 for p in range(2)}
+    assert all(len(store.outbox(k)) == 1 for k in ends)  # on Kafka, not yet cleared
+    asyncio.run(core.handle(records(evs[1000:2000], partition=0, start=1000)
+                            + records(evs[1000:2000], partition=1, start=1000)))
+    # The third commit carried the first two entries' removal in its own round trip.
+    assert commits == [{}, {k: [e] for k, e in ends.items()}] and clears == []
+    assert {k: sorted(store.outbox(k)) for k in ends} == {k: [1999] for k in ends}
+    asyncio.run(core.settle())  # before a rebalance or a stop: nothing left for a next owner
+    assert all(store.outbox(k) == {} for k in ends)
+    assert len(clears) == 1
 
 
 def test_redis_failures_are_retried_without_loss_or_duplicates(models, small_history, tmp_path):
@@ -293,9 +324,11 @@ def test_a_crash_between_the_commit_and_the_publish_leaves_the_outbox_for_the_ne
     # Kafka offsets were never committed: the new owner is handed the same records first. The
     # replay is a no-op in Redis (its end offset is the outbox entry's key), yet publishes it.
     asyncio.run(second.handle(records(evs[:2000])))
-    assert set(alerts_published()) == stored_alerts and store.outbox(f"{TOPIC}:0") == {}
+    assert set(alerts_published()) == stored_alerts
     asyncio.run(second.handle(records(evs[2000:], start=2000)))
     published = alerts_published()
     assert stored_alerts <= set(published)          # the first worker's alerts reached Kafka
     assert set(published) == set(store.all_alerts())  # and every alert stored, nothing else
+    assert sorted(store.outbox(f"{TOPIC}:0")) == [3999]  # the first entry left with this commit
+    asyncio.run(second.settle())
     assert store.outbox(f"{TOPIC}:0") == {}
