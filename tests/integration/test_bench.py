@@ -38,3 +38,8 @@ def test_bench_stream_runs_every_phase(kafka, redis_server, events_file, models,
     cost = r["monitoring_cost"]["us_per_event"]
     assert set(cost) == {"pipeline_parse_features_score", "drift", "fidelity_sample", "shadow_challenger"}
     assert all(v > 0 for v in cost.values()), cost
+    # The figures the issues set targets on are computed from those phases.
+    assert r["ratios"]["faust_worker_over_noop"] == round(r["faust_worker"]["events_per_s"]
+                                                          / r["faust_noop"]["events_per_s"], 3)
+    gap = r["p99_above_transport_ms"]
+    assert gap["plain"] == round(r["latency_plain"]["p99_ms"] - transport["p99_ms"], 2)

@@ -290,17 +290,36 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
             for w in workers:
                 _stop(w)
 
-    fw, noop = result.get("faust_worker", {}), result.get("faust_noop", {})
-    if fw.get("events_per_s") and noop.get("events_per_s"):
-        bare, core = result.get("core_plain_bare", {}), result.get("core_plain", {})
-        result["ratios"] = {
-            "core_monitoring_on_over_off": round(core["events_per_s"] / bare["events_per_s"], 3)
-            if core.get("events_per_s") and bare.get("events_per_s") else None,
-            "faust_worker_over_noop": round(fw["events_per_s"] / noop["events_per_s"], 3),
-            "two_workers_over_one": round(result["scale_out"]["events_per_s"] / fw["events_per_s"], 3)
-            if result.get("scale_out", {}).get("events_per_s") else None,
-        }
+    result.update(summary(result))
     return result
+
+
+def summary(result: dict) -> dict:
+    """The figures the issues set targets on, from a run's phases: ``ratios`` (faust worker
+    over the no-op agent, core over the bare drain, monitoring on over off, two workers over
+    one) and ``p99_above_transport_ms`` (each worker's produce-to-alert p99 minus the bare
+    transport's in the same run). A figure whose phases did not run is None."""
+    def rate(name: str) -> float | None:
+        return result.get(name, {}).get("events_per_s")
+
+    def over(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    floor = result.get("transport_latency", {}).get("p99_ms")
+
+    def above(name: str) -> float | None:
+        p99 = result.get(name, {}).get("p99_ms")
+        return round(p99 - floor, 2) if p99 is not None and floor is not None else None
+
+    return {
+        "ratios": {
+            "faust_worker_over_noop": over(rate("faust_worker"), rate("faust_noop")),
+            "core_over_drain": over(rate("core_plain"), rate("aiokafka_drain")),
+            "core_monitoring_on_over_off": over(rate("core_plain"), rate("core_plain_bare")),
+            "two_workers_over_one": over(rate("scale_out"), rate("faust_worker")),
+        },
+        "p99_above_transport_ms": {"faust_worker": above("latency"), "plain": above("latency_plain")},
+    }
 
 
 def _noop(s: Settings, topic: str, n: int) -> dict:
