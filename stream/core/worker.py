@@ -325,7 +325,7 @@ class WorkerCore:
             for result in results:
                 msgs = messages[id(result)] = self._messages(result)
                 result.outbox = outbox.pack(msgs) if msgs else b""
-            cleared, self._acked_entries = self._acked_entries, {}
+            cleared = self._take_acked()
             try:
                 outcomes = await self._retry("writing the batch to Redis",
                                              lambda: asyncio.to_thread(self.store.commit_many, results, cleared))
@@ -392,11 +392,15 @@ class WorkerCore:
         for pkey, ends in entries.items():
             self._acked_entries.setdefault(pkey, []).extend(ends)
 
+    def _take_acked(self) -> dict[str, list[int]]:
+        """The acknowledged entries not yet cleared, handed over to whoever clears them."""
+        taken, self._acked_entries = self._acked_entries, {}
+        return taken
+
     def clear_published(self) -> None:
         """No commit is coming (idle, stopping): clear the acknowledged outbox entries in one
         round trip."""
-        cleared, self._acked_entries = self._acked_entries, {}
-        self._clear(cleared)
+        self._clear(self._take_acked())
 
     def _clear(self, cleared: dict[str, list[int]]) -> None:
         """Remove ``cleared`` from the outbox; if Redis does not answer they wait for the next
@@ -414,8 +418,7 @@ class WorkerCore:
         partitions are given up or the worker stops, so their next owner does not publish
         them again."""
         await self.published()
-        cleared, self._acked_entries = self._acked_entries, {}
-        await asyncio.to_thread(self._clear, cleared)
+        await asyncio.to_thread(self._clear, self._take_acked())
 
     async def published(self) -> None:
         """Wait until every message of the batches persisted so far is acknowledged by Kafka;
