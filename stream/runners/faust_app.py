@@ -20,7 +20,7 @@ from stream.adapters.kafka import ensure_topics
 from stream.core.ports import Record
 from stream.metrics import WorkerMetrics
 from stream.runners.batcher import Batcher
-from stream.runners.faust_tuning import deliver_in_one_task, set_fetch_wait
+from stream.runners.faust_tuning import deliver_inline, set_fetch_wait
 from stream.runners.shutdown import StopDeadline
 from stream.runners.wiring import build_core
 from stream.settings import Settings
@@ -45,7 +45,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     """A faust app whose one agent scores the input topics in batches."""
     metrics = metrics or WorkerMetrics()
     set_fetch_wait(settings.fetch_max_wait_ms)
-    deliver_in_one_task()
+    deliver_inline()
     app = faust.App(
         settings.group_id,
         broker=settings.kafka_url,

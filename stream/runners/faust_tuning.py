@@ -4,15 +4,17 @@ The worker and the no-op agent of ``txwatch bench stream`` apply the same tuning
 baseline stays faust's own floor under the worker's settings.
 
 * :func:`set_fetch_wait`: faust builds its aiokafka consumer with a fixed 1.5 s fetch wait.
-* :func:`deliver_in_one_task`: faust hands every fetched record to the agents through
+* :func:`deliver_inline`: faust hands every fetched record to the agents through
   ``Service.wait_first(callback(message), suspend_flow.wait())``, which makes four tasks
   per record (the callback, and waits on the flow-suspend, stopped and crashed events)
   and cancels three of them again: the largest single share of faust's per-record cost.
+  txwatch runs the callback inline instead, and makes a task only of one that waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import types
 
 
 def set_fetch_wait(ms: int) -> None:
@@ -38,43 +40,81 @@ def set_fetch_wait(ms: int) -> None:
     cls._create_worker_consumer = create
 
 
-def deliver_in_one_task() -> None:
-    """Hand each fetched record to the agents in one task, not four.
+def deliver_inline() -> None:
+    """Hand each fetched record to the agents without a task, unless it has to wait.
 
     faust's consumer delivers each record with ``wait_first(callback(message),
     suspend_flow.wait())``: run the callback, but give it up if flow is suspended (a
     rebalance) or the consumer stops while it waits. The callback almost never waits (it
-    decodes the record and puts it in the agents' queues), so it is started as one task
-    and given one turn of the event loop first; only a callback still waiting after that
-    (a full queue, flow suspended, a full producer buffer) goes on to faust's own
-    ``wait_first``, with the same outcome as before: it is given up if flow is suspended
-    or the consumer stops. Errors are raised as ``wait_first`` raises them.
+    decodes the record and puts it in the agents' queues), so it is run here, in the
+    consumer's own task, up to its first wait; only a callback that does wait (a full
+    queue, flow suspended, a full producer buffer) goes on, as one task, to faust's own
+    ``wait_first``, with the same outcome as before: it is given up if flow is suspended or
+    the consumer stops. Errors are raised as ``wait_first`` raises them.
+
+    No task per record matters more than it seems: besides the task and the turn of the
+    event loop it costs, creating a task without naming its loop asks asyncio for the
+    running loop, which in CPython 3.11 makes a ``getpid`` system call, and system calls
+    are slow in sandboxed containers (``docs/benchmarks.md``).
     """
     from faust.transport.drivers import aiokafka as driver
 
     cls = driver.Consumer
-    if getattr(cls, "_txwatch_one_task", False):
+    if getattr(cls, "_txwatch_inline", False):
         return
-    cls.wait_first = one_task_wait_first(cls.wait_first)
-    cls._txwatch_one_task = True
+    cls.wait_first = inline_wait_first(cls.wait_first)
+    cls._txwatch_inline = True
 
 
-def one_task_wait_first(original):
-    """``Service.wait_first`` that runs a first coroutine argument as one task for one turn
-    of the loop, and calls ``original`` only if it is still waiting then."""
+def inline_wait_first(original):
+    """``Service.wait_first`` that runs a first coroutine argument inline up to its first
+    wait, and calls ``original`` (with the rest of it as a task) only if it does wait."""
     from mode.services import WaitResults
 
     async def wait_first(self, *coros, timeout=None):
         first = coros[0] if coros else None
         if not asyncio.iscoroutine(first) or timeout is not None or self._stopped.is_set() or self._crashed.is_set():
             return await original(self, *coros, timeout=timeout)
-        task = asyncio.ensure_future(first)
-        await asyncio.sleep(0)  # the task was scheduled first: it has had its turn
-        if not task.done():
-            return await original(self, task, *coros[1:])
-        for other in coros[1:]:
-            if asyncio.iscoroutine(other):
-                other.close()  # never started: nothing to cancel
-        return WaitResults([first], [task.result()], False)
+        try:
+            waiting_on = first.send(None)
+        except StopIteration as done:
+            _close(coros[1:])
+            await asyncio.sleep(0)  # the agents' turn: they take the record before the next is put
+            return WaitResults([first], [done.value], False)
+        except BaseException:
+            _close(coros[1:])
+            raise
+        task = self.loop.create_task(_resume(first, waiting_on))
+        return await original(self, task, *coros[1:])
 
     return wait_first
+
+
+def _close(coros) -> None:
+    """Close coroutines that were never started (nothing to cancel, nothing left unawaited)."""
+    for coro in coros:
+        if asyncio.iscoroutine(coro):
+            coro.close()
+
+
+@types.coroutine
+def _resume(coro, waiting_on):
+    """The rest of ``coro``, which was started by hand and is waiting on ``waiting_on``
+    (what its first ``send`` yielded): what ``await coro`` would have done from there on,
+    so a task can drive it (and cancel it: the cancellation is thrown into ``coro``)."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a cancellation or error for the coroutine
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                waiting_on = coro.send(sent)
+            except StopIteration as done:
+                return done.value

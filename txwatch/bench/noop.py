@@ -17,7 +17,7 @@ import faust
 
 def main() -> None:
     from stream.runners.faust_app import GIL_SWITCH_INTERVAL_S
-    from stream.runners.faust_tuning import deliver_in_one_task, set_fetch_wait
+    from stream.runners.faust_tuning import deliver_inline, set_fetch_wait
     from stream.runners.wiring import tune_gc
     from stream.settings import load_settings
 
@@ -27,7 +27,7 @@ def main() -> None:
     # topic (an always-empty partition that a short fetch wait would poll hundreds of times
     # a second).
     set_fetch_wait(settings.fetch_max_wait_ms)
-    deliver_in_one_task()
+    deliver_inline()
     app = faust.App(settings.group_id, broker=settings.kafka_url, store="memory://",
                     web_enabled=False, consumer_auto_offset_reset="earliest", topic_disable_leader=True,
                     broker_session_timeout=6.0, broker_rebalance_timeout=6.0)

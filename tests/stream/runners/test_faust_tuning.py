@@ -1,4 +1,4 @@
-"""The faust tuning: the one-task record delivery keeps ``wait_first``'s outcomes."""
+"""The faust tuning: the record delivery without a task per record keeps ``wait_first``'s outcomes."""
 
 import asyncio
 import warnings
@@ -6,21 +6,21 @@ import warnings
 import pytest
 from mode import Service
 
-from stream.runners.faust_tuning import one_task_wait_first
+from stream.runners.faust_tuning import inline_wait_first
 
 
 class Consumer(Service):
     """A mode service with the patched ``wait_first`` (faust's consumer is one)."""
 
 
-Consumer.wait_first = one_task_wait_first(Service.wait_first)
+Consumer.wait_first = inline_wait_first(Service.wait_first)
 
 
 def run(coro):
     return asyncio.run(coro)
 
 
-def test_a_callback_that_does_not_wait_runs_in_one_task_and_gives_its_result():
+def test_a_callback_that_does_not_wait_runs_without_a_task_and_gives_its_result():
     async def go():
         consumer = Consumer()
         suspend = asyncio.Event()
@@ -47,7 +47,7 @@ def test_a_callback_that_does_not_wait_runs_in_one_task_and_gives_its_result():
     result, delivered, tasks = run(go())
     assert delivered == [21]
     assert result.results == [42] and not result.stopped
-    assert tasks == 1  # faust's own wait_first makes four (and cancels three)
+    assert tasks == 0  # faust's own wait_first makes four (and cancels three)
 
 
 def test_a_callback_that_waits_is_given_up_when_flow_is_suspended():
@@ -56,18 +56,25 @@ def test_a_callback_that_waits_is_given_up_when_flow_is_suspended():
         suspend, room = asyncio.Event(), asyncio.Event()
         done = []
 
+        cancelled = []
+
         async def callback():
-            await room.wait()  # a full queue
+            try:
+                await room.wait()  # a full queue
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
             done.append(True)
 
         asyncio.get_running_loop().call_later(0.05, suspend.set)
         result = await consumer.wait_first(callback(), suspend.wait())
         room.set()
         await asyncio.sleep(0.01)
-        return result, done
+        return result, done, cancelled
 
-    result, done = run(go())
+    result, done, cancelled = run(go())
     assert done == []                      # given up, as faust's own wait_first gives it up
+    assert cancelled == [True]             # by cancelling the callback where it waited
     assert result.results == [True]        # the suspend event's wait is the winner
 
 
@@ -78,6 +85,7 @@ def test_a_callback_that_waits_and_finishes_gives_its_result():
 
         async def callback():
             await room.wait()
+            await asyncio.sleep(0.001)  # and waits once more: each wait resumes it
             return "put"
 
         asyncio.get_running_loop().call_later(0.02, room.set)
@@ -97,4 +105,20 @@ def test_an_error_in_the_callback_is_raised():
         await consumer.wait_first(callback(), asyncio.Event().wait())
 
     with pytest.raises(ValueError, match="cannot decode"):
+        run(go())
+
+
+def test_an_error_after_the_callback_waited_is_raised():
+    async def go():
+        consumer = Consumer()
+        room = asyncio.Event()
+
+        async def callback():
+            await room.wait()
+            raise ValueError("producer buffer closed")
+
+        asyncio.get_running_loop().call_later(0.01, room.set)
+        await consumer.wait_first(callback(), asyncio.Event().wait())
+
+    with pytest.raises(ValueError, match="producer buffer closed"):
         run(go())
