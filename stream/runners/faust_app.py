@@ -20,7 +20,7 @@ from stream.adapters.kafka import ensure_topics
 from stream.core.ports import Record
 from stream.metrics import WorkerMetrics
 from stream.runners.batcher import Batcher
-from stream.runners.faust_tuning import deliver_inline, set_fetch_wait
+from stream.runners.faust_tuning import batch_acker, deliver_inline, set_fetch_wait
 from stream.runners.shutdown import StopDeadline
 from stream.runners.wiring import build_core
 from stream.settings import Settings
@@ -104,9 +104,10 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         stream.enable_acks = False  # the batcher acks a batch's events once it is in Redis
         buffered = state["buffered"] = MoreBuffered(stream.channel.queue, app.consumer)
 
+        ack_events = batch_acker(app)
+
         async def ack(events) -> None:
-            for event in events:
-                await stream.ack(event)
+            ack_events(events)
 
         batcher = state["batcher"] = Batcher(core, max_items=settings.batch_max, max_wait_s=settings.batch_within_s,
                                              buffered=buffered,

@@ -118,3 +118,23 @@ def _resume(coro, waiting_on):
                 waiting_on = coro.send(sent)
             except StopIteration as done:
                 return done.value
+
+
+def batch_acker(app):
+    """``ack(events)``: acknowledge a batch's events at once, as ``Stream.ack`` acknowledges
+    each (the message's refcount, then the consumer's commit bookkeeping for its offset, and
+    the ``on_message_out`` sensor once a message is fully acknowledged), with faust's
+    ``ack_lock`` taken once per batch instead of three times per event. ``Stream.ack``'s
+    other call, the ``on_stream_event_out`` sensor, is left out: faust passes it no state
+    from ``Stream.ack``, and its monitor does nothing without one."""
+    from faust.types.tuples import ack_lock
+
+    def ack(events) -> None:
+        message_out = app.sensors.on_message_out
+        with ack_lock:  # reentrant: Message.ack and Consumer.ack take it again, cheaply
+            for event in events:
+                if event.ack():
+                    message = event.message
+                    message_out(message.tp, message.offset, message)
+
+    return ack
