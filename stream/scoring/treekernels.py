@@ -170,3 +170,22 @@ def _raw_batch_plain(X, roots, depths, table):
 raw_batch_plain = nb.njit(cache=True, parallel=True)(_raw_batch_plain)
 raw_batch_plain_serial = nb.njit(cache=True)(_raw_batch_plain)
 PARALLEL_MIN_ROWS = 512
+
+
+def warm() -> None:
+    """Load every scoring kernel (numba compiles or loads it on its first call, a few hundred
+    ms each) and start the parallel one's thread pool, on a one-leaf model: a worker calls
+    this before it consumes, so its first batches do not pay for it (nor a rate measured
+    over them). The kernels are shared by every model, so once per process is enough."""
+    feature, threshold, left, right = np.zeros(1, np.int64), np.zeros(1), np.zeros(1, np.int64), np.zeros(1, np.int64)
+    value, default_left, missing = np.zeros(1), np.ones(1, np.bool_), np.zeros(1, np.int64)
+    roots = np.zeros(1, np.int64)
+    nodes = pack(feature, threshold, left, right, value, default_left, missing)
+    plain = layout(roots, feature, threshold, left, right, value)
+    for rows in (1, PARALLEL_MIN_ROWS):
+        X = np.zeros((rows, 1))
+        raw_batch(X, roots, nodes)
+        raw_batch_plain_serial(X, *plain)
+        raw_batch_plain(X, *plain)
+        contributions(X, roots, nodes, 1)
+    raw_single(np.zeros(1), roots, nodes)
