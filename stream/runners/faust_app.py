@@ -1,7 +1,8 @@
 """The faust runner: a thin agent over :class:`stream.core.worker.WorkerCore`.
 
 The agent consumes raw bytes (so a value that fails to decode cannot crash it; parsing
-happens in the pipeline, failures go to the dead-letter topic) one event at a time into a
+happens in the pipeline, failures go to the dead-letter topic), taking every event waiting
+in its queue at once (:func:`stream.runners.faust_tuning.take_events`), into a
 :class:`stream.runners.batcher.Batcher`, which cuts batches by load, computes the next batch while
 one is written, and acks a batch's events only once it is committed to Redis. No faust
 tables: per-account state lives in Redis (``docs/stream.md`` says why).
@@ -20,7 +21,7 @@ from stream.adapters.kafka import ensure_topics
 from stream.core.ports import Record
 from stream.metrics import WorkerMetrics
 from stream.runners.batcher import Batcher
-from stream.runners.faust_tuning import batch_acker, deliver_inline, set_fetch_wait
+from stream.runners.faust_tuning import batch_acker, deliver_inline, read_producer_mode_once, set_fetch_wait, take_events
 from stream.runners.shutdown import StopDeadline
 from stream.runners.wiring import build_core
 from stream.settings import Settings
@@ -46,6 +47,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     metrics = metrics or WorkerMetrics()
     set_fetch_wait(settings.fetch_max_wait_ms)
     deliver_inline()
+    read_producer_mode_once()
     app = faust.App(
         settings.group_id,
         broker=settings.kafka_url,
@@ -114,11 +116,9 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
                                              to_record=_record, ack=ack, on_error=_stop_worker)
         flusher = asyncio.ensure_future(batcher.run())
         try:
-            # The stream itself, not stream.events(): one async generator less per event.
-            async for _ in stream:
-                event = stream.current_event
-                if event is not None:
-                    await batcher.add(event)
+            # Every event already in the agent's queue at once, not one loop turn each
+            # through faust's stream iterator (faust_tuning.take_events).
+            await take_events(app, stream, batcher.add, ack_events)
         except Exception as exc:  # noqa: BLE001 - a crashed agent would leave the worker idle
             _stop_worker(exc)
         finally:

@@ -9,6 +9,8 @@ baseline stays faust's own floor under the worker's settings.
   per record (the callback, and waits on the flow-suspend, stopped and crashed events)
   and cancels three of them again: the largest single share of faust's per-record cost.
   txwatch runs the callback inline instead, and makes a task only of one that waits.
+* :func:`read_producer_mode_once`: the conductor's per-record check of the producer's
+  buffer read a setting through faust's settings descriptors every time.
 """
 
 from __future__ import annotations
@@ -138,3 +140,67 @@ def batch_acker(app):
                     message_out(message.tp, message.offset, message)
 
     return ack
+
+
+def read_producer_mode_once() -> None:
+    """faust's conductor asks, for every fetched record, whether the producer's buffer is
+    full (``ProducerBuffer.wait_until_ebb``), and the buffer's ``size`` reads the
+    ``producer_threaded`` setting through faust's settings descriptors each time (several
+    attribute hooks, about 3 us per record in a profile of the worker). The setting does
+    not change while the app runs: it is read on the first call and kept on the buffer.
+    ``size`` is otherwise faust's own: the length of the queue its sends wait in."""
+    from faust.transport.producer import ProducerBuffer
+
+    if getattr(ProducerBuffer, "_txwatch_mode_once", False):
+        return
+
+    def size(self) -> int:
+        threaded = self.__dict__.get("_txwatch_threaded")
+        if threaded is None:
+            threaded = self.__dict__["_txwatch_threaded"] = bool(self.app.conf.producer_threaded)
+        if threaded:
+            return len(self.queue._queue) if self.queue else 0
+        return len(self.pending._queue)
+
+    ProducerBuffer.size = property(size, doc=ProducerBuffer.size.__doc__)
+    ProducerBuffer._txwatch_mode_once = True
+
+
+async def take_events(app, stream, handle, ack) -> None:
+    """Hand each event of an agent's stream to ``handle`` (``await handle(event)``), taking
+    every event already in the agent's queue at once, until cancelled.
+
+    faust's stream iterator gives the event loop a turn before every event (each turn a
+    ``select`` system call) and runs its sensors per event. This reads the agent's queue
+    as the iterator does (its fast path, which faust keeps behind an opt-in setting) and
+    applies the iterator's checks: an event from before the latest rebalance, or taken
+    while flow is suspended, is acknowledged and dropped (``ack([event])``), as faust drops
+    it; a message of an acking topic is tracked as unacknowledged until it is acked (what
+    faust's rebalance waits on); errors the queue holds are raised. No other stream
+    features (processors, ``stream.current_event``) are served: the agent takes the events
+    itself, and acks them with ``ack`` (the stream's ``enable_acks`` off).
+    """
+    queue = stream.channel.queue
+    errors = queue._errors
+    consumer = app.consumer
+    acking = app.topics._acking_topics
+    add_unacked = consumer._unacked_messages.add
+    message_in = app.sensors.on_message_in
+    flow = app.flow_control
+    while True:
+        if errors:
+            raise errors.popleft()
+        event = await queue.get()
+        while True:
+            message = event.message
+            if not flow.is_active() or message.generation_id != app.consumer_generation_id:
+                ack([event])
+            else:
+                if message.topic in acking and not message.tracked:
+                    message.tracked = True
+                    add_unacked(message)
+                    message_in(message.tp, message.offset, message)
+                await handle(event)
+            if errors or queue.empty():
+                break
+            event = queue.get_nowait()

@@ -17,7 +17,8 @@ def test_bench_stream_runs_every_phase(kafka, redis_server, events_file, models,
     r = bench_stream(str(events_file), str(models["student"]), n=n, partitions=2, latency_rate=600,
                      latency_seconds=6, workdir=str(tmp_path))
     assert r["events"] == n and r["broker"] == "configured"
-    for phase in ("aiokafka_drain", "faust_noop", "core_plain_bare", "core_plain", "faust_worker", "scale_out"):
+    for phase in ("aiokafka_drain", "faust_noop", "faust_noop_bulk", "core_plain_bare", "core_plain", "faust_worker",
+                  "scale_out"):
         # All records processed; the rate is None when a phase this small finished within
         # one poll of the stored offsets (the full-size bench runs for seconds per phase).
         rate = r[phase]["events_per_s"]
@@ -41,5 +42,7 @@ def test_bench_stream_runs_every_phase(kafka, redis_server, events_file, models,
     # The figures the issues set targets on are computed from those phases.
     assert r["ratios"]["faust_worker_over_noop"] == round(r["faust_worker"]["events_per_s"]
                                                           / r["faust_noop"]["events_per_s"], 3)
+    assert r["ratios"]["faust_worker_over_noop_bulk"] == round(r["faust_worker"]["events_per_s"]
+                                                               / r["faust_noop_bulk"]["events_per_s"], 3)
     gap = r["p99_above_transport_ms"]
     assert gap["plain"] == round(r["latency_plain"]["p99_ms"] - transport["p99_ms"], 2)

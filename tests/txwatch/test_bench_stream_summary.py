@@ -7,11 +7,12 @@ from txwatch.bench.stream import summary
 
 def test_ratios_and_latency_gaps_come_from_the_phases():
     run = {"faust_worker": {"events_per_s": 15_000}, "faust_noop": {"events_per_s": 20_000},
+           "faust_noop_bulk": {"events_per_s": 25_000},
            "core_plain": {"events_per_s": 150_000}, "core_plain_bare": {"events_per_s": 200_000},
            "aiokafka_drain": {"events_per_s": 600_000}, "scale_out": {"events_per_s": 30_000},
            "latency": {"p99_ms": 55.5}, "latency_plain": {"p99_ms": 41.25}, "transport_latency": {"p99_ms": 40.0}}
     out = summary(run)
-    assert out["ratios"] == {"faust_worker_over_noop": 0.75, "core_over_drain": 0.25,
+    assert out["ratios"] == {"faust_worker_over_noop": 0.75, "faust_worker_over_noop_bulk": 0.6, "core_over_drain": 0.25,
                              "core_monitoring_on_over_off": 0.75, "two_workers_over_one": 2.0}
     assert out["p99_above_transport_ms"] == {"faust_worker": 15.5, "plain": 1.25}
 

@@ -5,6 +5,8 @@ Everything runs in one invocation against the same broker and Redis (embedded un
 
 * ``aiokafka_drain``: a bare aiokafka group consumer reading the topic (transport ceiling);
 * ``faust_noop``: a faust agent doing nothing but ``stream.take`` (faust's own ceiling);
+* ``faust_noop_bulk``: a faust agent doing nothing but take events as the worker's agent
+  takes them (the worker's ratio to it is the cost of txwatch's own work);
   it and ``faust_worker`` run in turns, ``--rounds`` times each (default 2), and each
   reports its best run, with every run's rate in ``runs_events_per_s``;
 * ``core_plain``: the pipeline core (parse, features, score, one Redis script per partition
@@ -237,10 +239,12 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         # The faust agents' rates are compared as a ratio, and this machine's speed drifts by up to
         # 40 % between consecutive phases: the no-op agent and the worker run in turns, ``rounds``
         # times each, and the better run of each is compared (noise only ever slows a run down).
-        noops, workers = [], []
+        noops, bulks, workers = [], [], []
         for r in range(rounds):
             log(f"no-op faust agent (stream.take only), round {r + 1} of {rounds}")
             noops.append(_noop(settings_for(f"noop{r}"), topic, n))
+            log(f"no-op faust agent taking events as the worker does, round {r + 1} of {rounds}")
+            bulks.append(_noop(settings_for(f"bulk{r}"), topic, n, "bulk"))
             log(f"one faust worker, end to end, round {r + 1} of {rounds}")
             s_faust = settings_for(f"faust{r}")
             worker = _start_worker(s_faust, "faust", work / f"faust_worker{r}.log")
@@ -255,6 +259,7 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
             finally:
                 _stop(worker)
         result["faust_noop"] = _best(noops)
+        result["faust_noop_bulk"] = _best(bulks)
         result["faust_worker"] = _best(workers)
 
         log(f"latency of the plain runner at {latency_rate:,.0f} events/s offered for {latency_seconds:.0f}s")
@@ -296,8 +301,8 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
 
 def summary(result: dict) -> dict:
     """The figures the issues set targets on, from a run's phases: ``ratios`` (faust worker
-    over the no-op agent, core over the bare drain, monitoring on over off, two workers over
-    one) and ``p99_above_transport_ms`` (each worker's produce-to-alert p99 minus the bare
+    over the no-op agent, and over the no-op agent that takes events as the worker does,
+    core over the bare drain, monitoring on over off, two workers over one) and ``p99_above_transport_ms`` (each worker's produce-to-alert p99 minus the bare
     transport's in the same run). A figure whose phases did not run is None."""
     def rate(name: str) -> float | None:
         return result.get(name, {}).get("events_per_s")
@@ -314,6 +319,7 @@ def summary(result: dict) -> dict:
     return {
         "ratios": {
             "faust_worker_over_noop": over(rate("faust_worker"), rate("faust_noop")),
+            "faust_worker_over_noop_bulk": over(rate("faust_worker"), rate("faust_noop_bulk")),
             "core_over_drain": over(rate("core_plain"), rate("aiokafka_drain")),
             "core_monitoring_on_over_off": over(rate("core_plain"), rate("core_plain_bare")),
             "two_workers_over_one": over(rate("scale_out"), rate("faust_worker")),
@@ -322,9 +328,10 @@ def summary(result: dict) -> dict:
     }
 
 
-def _noop(s: Settings, topic: str, n: int) -> dict:
-    """The no-op faust agent's rate over the topic (its own process)."""
-    done = subprocess.run([sys.executable, "-m", "txwatch.bench.noop", topic, str(n), "5000"], env=_env(s),
+def _noop(s: Settings, topic: str, n: int, mode: str = "take") -> dict:
+    """The no-op faust agent's rate over the topic (its own process); ``mode`` as in
+    :mod:`txwatch.bench.noop`."""
+    done = subprocess.run([sys.executable, "-m", "txwatch.bench.noop", topic, str(n), "5000", mode], env=_env(s),
                           capture_output=True, text=True, timeout=600)
     # faust may prefix the line with its log header: take the JSON object in it.
     output = done.stdout + "\n" + done.stderr  # faust routes stdout into its log (stderr)

@@ -122,3 +122,37 @@ def test_an_error_after_the_callback_waited_is_raised():
 
     with pytest.raises(ValueError, match="producer buffer closed"):
         run(go())
+
+
+def test_the_producer_buffer_size_reads_the_setting_once_and_counts_what_waits():
+    import faust
+
+    from stream.runners.faust_tuning import read_producer_mode_once
+
+    read_producer_mode_once()
+
+    async def go():
+        app = faust.App("tuning-test", broker="kafka://127.0.0.1:1", store="memory://", web_enabled=False)
+        buffer = app.producer.buffer
+        assert buffer.size == 0
+        reads = []
+        conf_type = type(app.conf)
+        original = conf_type.__getattribute__
+
+        def counting(self, name):
+            if name == "producer_threaded":
+                reads.append(name)
+            return original(self, name)
+
+        conf_type.__getattribute__ = counting
+        try:
+            buffer.pending.put_nowait("a")
+            buffer.pending.put_nowait("b")
+            sizes = [buffer.size for _ in range(5)]
+        finally:
+            conf_type.__getattribute__ = original
+        return sizes, reads
+
+    sizes, reads = run(go())
+    assert sizes == [2] * 5  # the messages waiting to be produced
+    assert reads == []       # read once already (by the first size), not on every call
