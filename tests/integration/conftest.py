@@ -65,6 +65,17 @@ def start_worker(s: Settings, runner: str, log_path: Path, **extra) -> subproces
                             preexec_fn=die_with_parent)  # a killed test run leaves no worker behind
 
 
+def stop_worker(worker: subprocess.Popen) -> None:
+    """SIGTERM, as an orchestrator stops a worker; SIGKILL if it is still up 30 s later."""
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
 def produce(s: Settings, payloads: list[bytes], keys: list[bytes | None] | None = None) -> None:
     from kafka import KafkaProducer
 

@@ -21,7 +21,8 @@ from kafka.admin import KafkaAdminClient
 
 from stream.adapters.kafka import ensure_topics
 from tests.integration.conftest import (
-    alert_ids, consume_all, offline, processed, produce_events, start_worker, stored_states, wait_processed,
+    alert_ids, consume_all, offline, processed, produce_events, start_worker, stop_worker, stored_states,
+    wait_processed,
 )
 from txwatch.local.embedded import EmbeddedKafka, EmbeddedRedis, wait_for_port, free_port
 
@@ -51,15 +52,6 @@ def redis_offsets(client: redis.Redis, s) -> dict[int, int]:
         raw = client.get(f"{s.redis_prefix}:{{{s.topics[0]}:{p}}}:offset")
         out[p] = -1 if raw is None else int(raw)
     return out
-
-
-def stop(worker: subprocess.Popen) -> None:
-    worker.terminate()
-    try:
-        worker.wait(30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
 
 
 def assert_same_as_uninterrupted(s, models, events):
@@ -103,7 +95,7 @@ def test_redis_outage_loses_and_duplicates_nothing(settings, models, outage_even
         durable.start()  # same port, same files
         wait_processed(s, len(outage_events), timeout=120, proc=worker)
     finally:
-        stop(worker)
+        stop_worker(worker)
     log = log_path.read_text()
     assert "writing the batch to Redis failed" in log or "reading states failed" in log  # it retried
     assert_same_as_uninterrupted(s, models, outage_events)
@@ -156,6 +148,6 @@ def test_broker_restart_with_durable_storage_loses_nothing(settings, models, out
         produce_events(s, second)
         wait_processed(s, len(events), timeout=180, proc=worker)
     finally:
-        stop(worker)
+        stop_worker(worker)
         broker.close()
     assert_same_as_uninterrupted(s, models, events)

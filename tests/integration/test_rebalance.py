@@ -5,26 +5,15 @@ rebalance included), and the result is exactly that of one uninterrupted run."""
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 
 import pytest
 
 from tests.integration.conftest import (
-    alert_ids, offline, processed, produce_events, start_worker, stored_states, wait_processed,
+    alert_ids, offline, processed, produce_events, start_worker, stop_worker, stored_states, wait_processed,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 def scored(log: str) -> int:
@@ -52,9 +41,9 @@ def test_a_worker_joining_mid_stream_loses_and_duplicates_nothing(settings, mode
         wait_processed(s, len(events), timeout=180, proc=first)
         assert second.poll() is None, "the second worker exited"
     finally:
-        stop(first)
+        stop_worker(first)
         if second is not None:
-            stop(second)
+            stop_worker(second)
     assert scored((tmp_path / "second.log").read_text()) > 0, "the second worker never got a partition"
     expected, states = offline(models, events)
     got = alert_ids(s)
