@@ -100,7 +100,7 @@ def contributions(X, roots, nodes, n_features):
 
 # -- interleaved, branch-free batch kernel for models without missing-value routing -------
 
-BLOCK = 32  # rows stepped through a tree together: independent loads the CPU overlaps
+BLOCK = 8  # rows stepped through a tree together: independent loads the CPU overlaps
 
 
 def layout(roots, feature, threshold, left, right, value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
