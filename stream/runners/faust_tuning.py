@@ -1,7 +1,9 @@
 """What txwatch changes in faust's consumer, and why (each measured with ``bench stream``).
 
-The worker and the no-op agent of ``txwatch bench stream`` apply the same tuning, so that
-baseline stays faust's own floor under the worker's settings.
+The worker and both no-op agents of ``txwatch bench stream`` apply the consumer tuning
+(the first three below), so those baselines stay faust's own floor under the worker's
+settings; the last two are how the worker's agent (and the no-op agent that takes events
+as it does) takes and acknowledges events.
 
 * :func:`set_fetch_wait`: faust builds its aiokafka consumer with a fixed 1.5 s fetch wait.
 * :func:`deliver_inline`: faust hands every fetched record to the agents through
@@ -11,6 +13,9 @@ baseline stays faust's own floor under the worker's settings.
   txwatch runs the callback inline instead, and makes a task only of one that waits.
 * :func:`read_producer_mode_once`: the conductor's per-record check of the producer's
   buffer read a setting through faust's settings descriptors every time.
+* :func:`take_events`: every event waiting in the agent's queue at once, not a loop turn
+  and the sensors per event through faust's stream iterator.
+* :func:`batch_acker`: a batch's events acknowledged under one ``ack_lock``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ Everything runs in one invocation against the same broker and Redis (embedded un
 * ``aiokafka_drain``: a bare aiokafka group consumer reading the topic (transport ceiling);
 * ``faust_noop``: a faust agent doing nothing but ``stream.take`` (faust's own ceiling);
 * ``faust_noop_bulk``: a faust agent doing nothing but take events as the worker's agent
-  takes them (the worker's ratio to it is the cost of txwatch's own work);
-  it and ``faust_worker`` run in turns, ``--rounds`` times each (default 2), and each
+  takes them (the worker's ratio to it is the cost of txwatch's own work); the two no-op
+  agents and ``faust_worker`` run in turns, ``--rounds`` times each (default 2), and each
   reports its best run, with every run's rate in ``runs_events_per_s``;
 * ``core_plain``: the pipeline core (parse, features, score, one Redis script per partition
   batch, offset commit) driven by the plain aiokafka runner, no faust;
@@ -237,8 +237,9 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         result["monitoring_cost"] = _monitoring_cost(payloads[:50_000], model_dir, str(challenger), s0)
 
         # The faust agents' rates are compared as a ratio, and this machine's speed drifts by up to
-        # 40 % between consecutive phases: the no-op agent and the worker run in turns, ``rounds``
-        # times each, and the better run of each is compared (noise only ever slows a run down).
+        # 40 % between consecutive phases: the two no-op agents and the worker run in turns,
+        # ``rounds`` times each, and the best run of each is compared (noise only ever slows a
+        # run down).
         noops, bulks, workers = [], [], []
         for r in range(rounds):
             log(f"no-op faust agent (stream.take only), round {r + 1} of {rounds}")
@@ -302,7 +303,8 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
 def summary(result: dict) -> dict:
     """The figures the issues set targets on, from a run's phases: ``ratios`` (faust worker
     over the no-op agent, and over the no-op agent that takes events as the worker does,
-    core over the bare drain, monitoring on over off, two workers over one) and ``p99_above_transport_ms`` (each worker's produce-to-alert p99 minus the bare
+    core over the bare drain, monitoring on over off, two workers over one) and
+    ``p99_above_transport_ms`` (each worker's produce-to-alert p99 minus the bare
     transport's in the same run). A figure whose phases did not run is None."""
     def rate(name: str) -> float | None:
         return result.get(name, {}).get("events_per_s")
