@@ -100,15 +100,21 @@ def contributions(X, roots, nodes, n_features):
 
 # -- interleaved, branch-free batch kernel for models without missing-value routing -------
 
-BLOCK = 8  # rows stepped through a tree together: independent loads the CPU overlaps
+BLOCK = 8  # rows stepped through a tree together, one register each: independent loads the CPU overlaps
+CHUNK = 256  # rows per task of the parallel kernel (a multiple of BLOCK)
+
+# A node of the relaid-out trees in 16 bytes (four to a cache line): split feature, left
+# child (the right child is left + 1) and threshold; a leaf's value is in a separate array.
+NODE = np.dtype([("feature", np.int32), ("left", np.int32), ("threshold", np.float64)])
 
 
-def layout(roots, feature, threshold, left, right, value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layout(roots, feature, threshold, left, right, value) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Breadth-first relayout: a node's children are adjacent (right = left + 1) and a leaf
     points to itself with an infinite threshold, so ``node = left + (x > threshold)`` walks
     the tree without branches; each tree is walked exactly its depth.
 
-    Returns ``(roots, depths, table)`` with table rows ``[feature, threshold, left, value]``.
+    Returns ``(roots, depths, nodes, values)``: ``nodes`` of dtype :data:`NODE`, ``values``
+    the leaves' values (0 for inner nodes), both indexed by node.
     """
     rows, new_roots, depths = [], [], []
     for root in roots:
@@ -127,48 +133,75 @@ def layout(roots, feature, threshold, left, right, value) -> tuple[np.ndarray, n
                     order.append(child)
         for n in order:
             if left[n] == n:
-                rows.append((0.0, np.inf, base + position[n], value[n]))
+                rows.append((0, base + position[n], np.inf, value[n]))
             else:
-                rows.append((float(feature[n]), threshold[n], base + position[int(left[n])], 0.0))
+                rows.append((int(feature[n]), base + position[int(left[n])], threshold[n], 0.0))
         new_roots.append(base)
         depths.append(max(depth.values()))
-    return (np.asarray(new_roots, dtype=np.int64), np.asarray(depths, dtype=np.int64),
-            np.ascontiguousarray(np.asarray(rows, dtype=np.float64)))
+    nodes = np.array([r[:3] for r in rows], dtype=NODE)
+    values = np.array([r[3] for r in rows], dtype=np.float64)
+    return np.asarray(new_roots, dtype=np.int64), np.asarray(depths, dtype=np.int64), nodes, values
 
 
-def _raw_batch_plain(X, roots, depths, table):
-    """Raw scores of a batch for models whose nodes never route missing values themselves
-    (NaN reads as 0, as LightGBM does for them): rows in blocks of ``BLOCK``."""
-    n = X.shape[0]
-    out = np.zeros(n)
-    n_blocks = (n + BLOCK - 1) // BLOCK
-    for b in nb.prange(n_blocks):
-        start = b * BLOCK
-        stop = min(start + BLOCK, n)
-        width = stop - start
-        node = np.empty(BLOCK, dtype=np.int64)
-        acc = np.zeros(BLOCK)
+@nb.njit(cache=True)
+def _plain_rows(X, lo, hi, roots, depths, nodes, values, out):
+    """Raw scores of rows ``lo:hi`` of ``X`` into ``out``, ``BLOCK`` rows at a time, each row's
+    node and sum in a register of its own; NaN reads as 0, as LightGBM does for models whose
+    nodes never route missing values themselves. Trees are summed in order."""
+    nf = X.shape[1]
+    x = np.zeros((BLOCK, nf))
+    for start in range(lo, hi, BLOCK):
+        width = min(BLOCK, hi - start)
+        for j in range(BLOCK):
+            for f in range(nf):
+                v = X[start + j, f] if j < width else 0.0
+                x[j, f] = 0.0 if v != v else v
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
         for t in range(roots.shape[0]):
-            for j in range(width):
-                node[j] = roots[t]
+            k0 = k1 = k2 = k3 = k4 = k5 = k6 = k7 = roots[t]
             for _ in range(depths[t]):
-                for j in range(width):
-                    k = node[j]
-                    v = X[start + j, int(table[k, 0])]
-                    if v != v:
-                        v = 0.0
-                    node[j] = int(table[k, 2]) + (1 if v > table[k, 1] else 0)
-            for j in range(width):
-                acc[j] += table[node[j], 3]
+                k0 = nodes[k0].left + (1 if x[0, nodes[k0].feature] > nodes[k0].threshold else 0)
+                k1 = nodes[k1].left + (1 if x[1, nodes[k1].feature] > nodes[k1].threshold else 0)
+                k2 = nodes[k2].left + (1 if x[2, nodes[k2].feature] > nodes[k2].threshold else 0)
+                k3 = nodes[k3].left + (1 if x[3, nodes[k3].feature] > nodes[k3].threshold else 0)
+                k4 = nodes[k4].left + (1 if x[4, nodes[k4].feature] > nodes[k4].threshold else 0)
+                k5 = nodes[k5].left + (1 if x[5, nodes[k5].feature] > nodes[k5].threshold else 0)
+                k6 = nodes[k6].left + (1 if x[6, nodes[k6].feature] > nodes[k6].threshold else 0)
+                k7 = nodes[k7].left + (1 if x[7, nodes[k7].feature] > nodes[k7].threshold else 0)
+            a0 += values[k0]
+            a1 += values[k1]
+            a2 += values[k2]
+            a3 += values[k3]
+            a4 += values[k4]
+            a5 += values[k5]
+            a6 += values[k6]
+            a7 += values[k7]
+        lanes = (a0, a1, a2, a3, a4, a5, a6, a7)
         for j in range(width):
-            out[start + j] = acc[j]
+            out[start + j] = lanes[j]
+
+
+# Two kernels, two Python functions: numba keys its on-disk cache by function (not by
+# compile flags), so one function compiled twice, serial and parallel, would load whichever
+# was cached first for both.
+@nb.njit(cache=True)
+def raw_batch_plain_serial(X, roots, depths, nodes, values):
+    """Raw scores of a batch in this thread (no thread pool: small batches, single events)."""
+    out = np.empty(X.shape[0])
+    _plain_rows(X, 0, X.shape[0], roots, depths, nodes, values, out)
     return out
 
 
-# One body, two compilations: the parallel one pays a thread-pool launch per call, which
-# costs more than it saves on the small batches a busy stream worker scores.
-raw_batch_plain = nb.njit(cache=True, parallel=True)(_raw_batch_plain)
-raw_batch_plain_serial = nb.njit(cache=True)(_raw_batch_plain)
+@nb.njit(cache=True, parallel=True)
+def raw_batch_plain(X, roots, depths, nodes, values):
+    """Raw scores of a batch, runs of ``CHUNK`` rows shared out over numba's thread pool (a
+    pool launch costs more than it saves below ``PARALLEL_MIN_ROWS`` rows)."""
+    n = X.shape[0]
+    out = np.empty(n)
+    for c in nb.prange((n + CHUNK - 1) // CHUNK):
+        _plain_rows(X, c * CHUNK, min(c * CHUNK + CHUNK, n), roots, depths, nodes, values, out)
+    return out
+
 PARALLEL_MIN_ROWS = 512
 
 
