@@ -121,7 +121,8 @@ class Pipeline:
         pkey = partition_key(records[0].topic, records[0].partition)
         part = self._part(pkey)
         result = BatchResult(pkey, part.offset, part.offset)
-        fresh = [r for r in records if r.offset > part.offset]
+        # In offset order: when the first record is new, so is every other (the usual case).
+        fresh = records if records[0].offset > part.offset else [r for r in records if r.offset > part.offset]
         result.skipped = len(records) - len(fresh)
         if not fresh:
             return result
@@ -137,17 +138,19 @@ class Pipeline:
         pkey = result.partition_key
         result.last_offset = fresh[-1].offset
 
-        if any(r.value is None for r in fresh):
+        values = [r.value for r in fresh]
+        if None in values:
             for r in fresh:
                 if r.value is None:
                     result.dead.append(DeadLetter(r.topic, r.partition, r.offset, "record has no value",
                                                   None, b"", r.key))
             fresh = [r for r in fresh if r.value is not None]
-        parsed = parse_events([r.value for r in fresh], self.max_event_bytes)
+            values = [r.value for r in fresh]
+        parsed = parse_events(values, self.max_event_bytes)
         events: list[Event] = parsed
         sources: Sequence[Record] = fresh
-        bad = [i for i, e in enumerate(parsed) if type(e) is not Event]
-        if bad:
+        if set(map(type, parsed)) - {Event}:  # some value was refused
+            bad = [i for i, e in enumerate(parsed) if type(e) is not Event]
             for i in bad:
                 r, exc = fresh[i], parsed[i]
                 result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
@@ -159,7 +162,7 @@ class Pipeline:
             return
 
         engine = part.engine
-        missing = list({e.account_id for e in events if e.account_id not in engine})
+        missing = engine.unknown({e.account_id for e in events})
         if missing:
             for acct, blob in self.source.load(pkey, missing).items():
                 if blob is not None:

@@ -704,6 +704,10 @@ class BatchFeatureEngine:
     def __contains__(self, account: str) -> bool:
         return account in self.rows
 
+    def unknown(self, accounts: set[str]) -> list[str]:
+        """The accounts of ``accounts`` that this engine holds no state for."""
+        return list(accounts.difference(self.rows))
+
     # -- rows ---------------------------------------------------------------------
     def _row(self, account: str) -> int:
         """The account's row, allocating a fresh one (and growing the matrices) if new."""

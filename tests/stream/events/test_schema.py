@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from stream.errors import InvalidEvent
-from stream.events.schema import MAX_EVENT_BYTES, Event, dump_event, event_from_dict, parse_event
+from stream.events.schema import MAX_EVENT_BYTES, Event, dump_event, event_from_dict, parse_event, parse_events
 
 GOOD = {
     "event_id": "e1", "ts": 1767571200000, "account_id": "acct-1", "type": "trade",
@@ -96,3 +96,30 @@ def test_oversize_payload_is_rejected_before_decoding():
     big = orjson.dumps(dict(GOOD, note="x" * MAX_EVENT_BYTES))
     with pytest.raises(InvalidEvent, match="exceeds"):
         parse_event(big)
+
+
+@pytest.mark.parametrize("odd", [
+    # As many sides and prices as trades, and yet a trade lacks them and a deposit has them:
+    [{"type": "trade", "side": None, "price": None}, {"type": "deposit"}],
+    [{"type": "trade", "side": None}, {"type": "deposit", "price": None}],
+    [{"type": "trade", "price": None}, {"type": "deposit", "side": None}],
+    [{"type": "deposit"}],                                   # more sides than trades
+])
+def test_a_batch_parses_as_its_events_do_one_by_one(odd):
+    """The batch reading checks trades' sides and prices by counting them: batches where the
+    counts balance and yet some event is wrong must still give each event's own outcome."""
+    dicts = [dict(GOOD, event_id=f"e{i}") for i in range(20)]
+    for i, change in enumerate(odd):
+        dicts[3 + 5 * i] = {k: v for k, v in {**dicts[3 + 5 * i], **change}.items() if v is not None}
+    values = [orjson.dumps(d) for d in dicts]
+
+    def outcome(value):
+        try:
+            return parse_event(value)
+        except InvalidEvent as exc:
+            return exc.reason, exc.field
+
+    got = [e if isinstance(e, Event) else (e.reason, e.field) for e in parse_events(values)]
+    assert got == [outcome(v) for v in values]
+    assert sum(not isinstance(g, Event) for g in got) == len(odd) - 1  # the odd trade is refused
+    assert [g.side for g in got if isinstance(g, Event) and g.type == "deposit"] == [None]
