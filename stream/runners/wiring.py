@@ -11,7 +11,7 @@ from stream.core.worker import WorkerCore
 from stream.errors import ArtifactError, TxwatchError
 from stream.features.kernel import ensure_compiled
 from stream.metrics import WorkerMetrics
-from stream.scoring import treekernels
+from stream.scoring import profile, treekernels
 from stream.settings import Settings
 
 GC_THRESHOLDS = (100_000, 50, 1000)
@@ -44,7 +44,8 @@ def build_core(settings: Settings, publish: Publish, metrics: WorkerMetrics | No
         raise TxwatchError(f"cannot serve: {exc}") from None
     store = redis_store(settings, client)
     ensure_compiled()  # load (or, on a fresh install, compile) the feature kernels before consuming
-    treekernels.warm()  # and the scoring kernels
+    treekernels.warm()  # and the scoring kernels, and drift's counting one
+    profile.warm()
     core = WorkerCore(settings, store, student, publish, metrics, watcher, monitor=store)
     tune_gc()
     return core

@@ -282,3 +282,23 @@ def test_a_student_distilled_before_profiles_loads_but_has_no_profile(models, tm
     with pytest.raises(ArtifactError, match=r"has no reference profile \(distilled before profiles existed\): "
                                             r"distil it again"):
         load_profile(old)
+
+
+def test_warm_compiles_the_counting_kernel_for_the_types_feature_counts_passes():
+    """In a fresh process (no earlier call compiled it): after warm(), feature_counts compiles nothing."""
+    import subprocess
+    import sys
+
+    probe = """
+import numpy as np
+from stream.scoring import profile as m
+m.warm()
+before = len(m._count_bins.signatures)
+p = m.build_profile(np.random.default_rng(0).normal(size=(500, 3)), ["a", "b", "c"], np.linspace(0, 1, 500),
+                    threshold=0.5, alert_rate=0.5, alert_rate_target=None,
+                    fidelity=dict(spearman=1.0, top_k_overlap=1.0, mean_abs_diff=0.0, kl=0.0, k=1, rows=2))
+m.feature_counts(p, np.zeros((4, 3)))
+print(before, len(m._count_bins.signatures))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["1", "1"]
