@@ -226,12 +226,11 @@ class Student:
         """Top-``k`` features pushing each row's score up, as ``(name, contribution)``."""
         X = np.ascontiguousarray(X, dtype=np.float64)
         contrib = self.impl.contributions(X) * self.cal_a
-        out = []
         names = self.feature_names
-        for row in contrib:
-            top = np.argsort(-row, kind="stable")[:k]
-            out.append([(names[i], round(float(row[i]), 4)) for i in top if row[i] > 0.0])
-        return out
+        top = np.argsort(-contrib, axis=1, kind="stable")[:, :k]  # one call for every row
+        values = np.take_along_axis(contrib, top, axis=1).tolist()
+        return [[(names[i], round(v, 4)) for i, v in zip(idx, vals) if v > 0.0]
+                for idx, vals in zip(top.tolist(), values)]
 
     # -- size ------------------------------------------------------------------
     @property
