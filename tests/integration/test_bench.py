@@ -39,6 +39,8 @@ def test_bench_stream_runs_every_phase(kafka, redis_server, events_file, models,
     cost = r["monitoring_cost"]["us_per_event"]
     assert set(cost) == {"pipeline_parse_features_score", "drift", "fidelity_sample", "shadow_challenger"}
     assert all(v > 0 for v in cost.values()), cost
+    steps = r["monitoring_cost"]["pipeline_steps_us_per_event"]
+    assert set(steps) == {"parse", "features", "score"} and all(v > 0 for v in steps.values()), steps
     # The figures the issues set targets on are computed from those phases.
     assert r["ratios"]["faust_worker_over_noop"] == round(r["faust_worker"]["events_per_s"]
                                                           / r["faust_noop"]["events_per_s"], 3)

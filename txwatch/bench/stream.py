@@ -27,7 +27,9 @@ Everything runs in one invocation against the same broker and Redis (embedded un
   and a shadow challenger loaded (a copy of the model under another version name: the
   challenger costs what the champion costs);
 * ``monitoring_cost``: each of those three timed alone on the same events' feature rows, in
-  microseconds per event, with the pipeline's own cost per event beside them.
+  microseconds per event, with the pipeline's own cost per event beside them, and its three
+  steps each timed alone (``pipeline_steps_us_per_event``: parsing the batch, admission and features,
+  the student's scores).
 
 Rates exclude start-up and group joins: they are counted from the first processed batch.
 """
@@ -415,6 +417,9 @@ def _monitoring_cost(payloads: list[bytes], model_dir: str, challenger_dir: str,
     from stream.core.ports import Record
     from stream.core.sampling import FidelitySampler
     from stream.core.shadow import Shadow
+    from stream.events.schema import Event, parse_events
+    from stream.features.admission import admit_batch
+    from stream.features.kernel import BatchFeatureEngine
     from stream.scoring.profile import load_profile
     from stream.scoring.student import load_student
 
@@ -461,9 +466,26 @@ def _monitoring_cost(payloads: list[bytes], model_dir: str, challenger_dir: str,
         for ids, X, p, _ in batches:
             sh.observe(ids, X, p, student.threshold)
 
+    values = [payloads[i:i + s.batch_max] for i in range(0, len(payloads), s.batch_max)]
+    parsed = [[e for e in parse_events(v) if type(e) is Event] for v in values]
+
+    def parse():
+        for v in values:
+            parse_events(v)
+
+    def features():
+        engine = BatchFeatureEngine()
+        for events in parsed:
+            admit_batch(engine, events)
+
+    def score():
+        for _, X, _, _ in batches:
+            student.score(X)
+
     return {"events": rows, "batch_rows": s.batch_max, "us_per_event": {
         "pipeline_parse_features_score": round(pipeline_s / rows * 1e6, 3),
-        "drift": best(drift), "fidelity_sample": best(sample), "shadow_challenger": best(shadow)}}
+        "drift": best(drift), "fidelity_sample": best(sample), "shadow_challenger": best(shadow)},
+        "pipeline_steps_us_per_event": {"parse": best(parse), "features": best(features), "score": best(score)}}
 
 
 def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list, rate: float,
