@@ -27,6 +27,7 @@ from stream.events.alerts import Alert
 from stream.events.deadletters import DeadLetter
 from stream.events.schema import MAX_EVENT_BYTES, Event, parse_events
 from stream.features.admission import admit_batch
+from stream.features.columns import EventColumns, scan_values
 from stream.features.kernel import BatchFeatureEngine
 from stream.features.layout import StateFormatError
 from stream.scoring.student import Student
@@ -50,7 +51,7 @@ class BatchResult:
     duplicates: int = 0           # events whose event_id the account has applied already
     score_seconds: float = 0.0
     outbox: bytes = b""           # its Kafka messages, stored with it (stream.core.outbox)
-    pending: tuple | None = None  # (events, feature rows) computed but not yet scored: Pipeline.score
+    pending: tuple | None = None  # (EventColumns, feature rows) computed but not yet scored: Pipeline.score
 
     @property
     def empty(self) -> bool:
@@ -146,23 +147,30 @@ class Pipeline:
                                                   None, b"", r.key))
             fresh = [r for r in fresh if r.value is not None]
             values = [r.value for r in fresh]
-        parsed = parse_events(values, self.max_event_bytes)
-        events: list[Event] = parsed
-        sources: Sequence[Record] = fresh
-        if set(map(type, parsed)) - {Event}:  # some value was refused
-            bad = [i for i, e in enumerate(parsed) if type(e) is not Event]
-            for i in bad:
-                r, exc = fresh[i], parsed[i]
-                result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
-                                              bytes(r.value), r.key))
-            skip = set(bad)
-            events = [e for i, e in enumerate(parsed) if i not in skip]
-            sources = [r for i, r in enumerate(fresh) if i not in skip]
-        if not events:
+        if not values:
             return
+        # Valid events of the plain shape are read straight into columns; a batch holding
+        # anything else goes through parse_events, which refuses bad values with the reasons.
+        batch = scan_values(values, self.max_event_bytes)
+        sources: Sequence[Record] = fresh
+        if batch is None:
+            parsed = parse_events(values, self.max_event_bytes)
+            events: list[Event] = parsed
+            if set(map(type, parsed)) - {Event}:  # some value was refused
+                bad = [i for i, e in enumerate(parsed) if type(e) is not Event]
+                for i in bad:
+                    r, exc = fresh[i], parsed[i]
+                    result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
+                                                  bytes(r.value), r.key))
+                skip = set(bad)
+                events = [e for i, e in enumerate(parsed) if i not in skip]
+                sources = [r for i, r in enumerate(fresh) if i not in skip]
+            if not events:
+                return
+            batch = EventColumns.of(events)
 
         engine = part.engine
-        missing = engine.unknown({e.account_id for e in events})
+        missing = engine.unknown(set(batch.account_ids))
         if missing:
             for acct, blob in self.source.load(pkey, missing).items():
                 if blob is not None:
@@ -172,7 +180,7 @@ class Pipeline:
                         pass  # unreadable: the account starts afresh
         # Admission (duplicate? too late?) and features for the whole batch, in order, in
         # compiled code: the same call training makes (stream.features.admission).
-        admitted = admit_batch(engine, events)
+        admitted = admit_batch(engine, batch)
         X = admitted.X
         if admitted.refused:
             result.duplicates += len(admitted.duplicates)
@@ -180,10 +188,10 @@ class Pipeline:
                 rec = sources[i]
                 result.dead.append(DeadLetter(rec.topic, rec.partition, rec.offset, reason,
                                               "ts", bytes(rec.value or b""), rec.key))
-            events = admitted.kept(events)
-        result.states = engine.state_bytes({ev.account_id: None for ev in events})
-        if events:
-            result.pending = (events, X)
+            batch = batch.select(admitted.applied(len(batch)))
+        result.states = engine.state_bytes(dict.fromkeys(batch.account_ids))
+        if len(batch):
+            result.pending = (batch, X)
 
     def score(self, results: Sequence[BatchResult]) -> None:
         """Score the rows :meth:`process` left pending, of any number of partitions' batches, in
@@ -203,17 +211,17 @@ class Pipeline:
         names = student.feature_names
         start = h = 0
         for result in todo:
-            events, rows = result.pending
-            end = start + len(events)
+            batch, rows = result.pending
+            end = start + len(batch)
             while h < len(hits) and hits[h] < end:
                 i = int(hits[h])
-                ev = events[i - start]
+                ev = batch.event(i - start)
                 result.alerts.append(Alert(ev.event_id, ev.account_id, ev.ts, float(scores[i]), threshold,
                                            student.version, reasons[h], ev.to_dict(), result.partition_key,
                                            dict(zip(names, X[i].tolist()))))
                 h += 1
-            result.scored = len(events)
-            result.event_ids = [ev.event_id for ev in events]
+            result.scored = len(batch)
+            result.event_ids = batch.event_ids
             result.score_array = scores[start:end]
             result.features = rows
             result.pending = None

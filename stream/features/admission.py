@@ -29,6 +29,7 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 
 from stream.events.schema import Event
+from stream.features.columns import EventColumns
 from stream.features.kernel import DUPLICATE, BatchFeatureEngine
 from stream.features.layout import N_FEATURES, late_reason
 
@@ -52,11 +53,19 @@ class Admitted:
         """The items (aligned with the batch) of the applied events, in order."""
         if not self.refused:
             return items
-        skip = set(self.duplicates).union(i for i, _ in self.late)
+        skip = self._skipped()
         return [x for i, x in enumerate(items) if i not in skip]
 
+    def applied(self, n: int) -> list[int]:
+        """The batch indices (of a batch of ``n``) of the applied events, in order."""
+        skip = self._skipped()
+        return [i for i in range(n) if i not in skip]
 
-def admit_batch(engine: BatchFeatureEngine, events: Sequence[Event]) -> Admitted:
+    def _skipped(self) -> set[int]:
+        return set(self.duplicates).union(i for i, _ in self.late)
+
+
+def admit_batch(engine: BatchFeatureEngine, events: Sequence[Event] | EventColumns) -> Admitted:
     """Admit and apply a batch of events in order on ``engine``'s account states."""
     behind = np.empty(len(events))
     X, outcomes = engine.process(events, behind=behind)

@@ -29,12 +29,12 @@ Entry points:
 
 * :func:`update_batch`: admit and apply a batch of pre-encoded events in order, writing
   the features of the applied ones; an event refused as duplicate or late changes nothing.
-* :func:`hash_strings`: ``event_key`` and ``stable_hash`` (crc32) of many strings in one call.
 * :func:`serialize_rows` / :func:`load_row`: rows to and from exactly the bytes of
   ``AccountState.to_bytes`` (the Redis format).
 * :func:`to_arrays` / :func:`from_arrays`: rows to and from :class:`AccountState`.
 * :class:`BatchFeatureEngine`: the above behind one object: accounts -> rows, ``Event``
-  lists in, feature matrices and admission outcomes out.
+  lists (or their :class:`~stream.features.columns.EventColumns`, where the strings are
+  hashed) in, feature matrices and admission outcomes out.
 
 Call :func:`ensure_compiled` (``BatchFeatureEngine()`` does) before using the kernels:
 it loads them from numba's cache (a first compile takes seconds) and recompiles them
@@ -49,15 +49,15 @@ from typing import Iterable, Sequence
 
 import numba as nb
 import numpy as np
-from msgspec.structs import astuple
 from numba.core.registry import CPUDispatcher
 
 from stream.events.schema import Event
+from stream.features.columns import EventColumns, scan_values
 from stream.features.layout import (
     CP_DECAY, EWMA_ALPHA, GAP_NONE, LATE_TOLERANCE_MS, MAX_ADDRESSES, MAX_COUNTERPARTIES, MAX_COUNTRIES,
     MAX_DEVICES, MAX_IPS, MAX_RECENT_IDS, N_FEATURES, NEAR_THRESHOLD_FRACTION, REPORTING_THRESHOLD_USD,
     ROUND_TRIP_AMOUNT_TOLERANCE, ROUND_TRIP_WINDOW_S, STATE_HEADER, STATE_LISTS, STATE_MAGIC, STATE_SCALARS,
-    TAU_1H, TAU_5M, TAU_24H, TWO_PI_PER_MS_DAY, TYPE_CODE, StateFormatError, event_key, stable_hash,
+    TAU_1H, TAU_5M, TAU_24H, TWO_PI_PER_MS_DAY, TYPE_CODE, StateFormatError,
 )
 from stream.features.reference import AccountState
 
@@ -421,68 +421,6 @@ def update_batch(fstate, istate, rows, ts, etype, usd, amount, price, side, ev_k
     return n_out
 
 
-# -- string hashes ---------------------------------------------------------------------
-
-def _crc_table() -> np.ndarray:
-    table = np.empty(256, dtype=np.int64)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        table[i] = c
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-@nb.njit(cache=True)
-def hash_strings(buf, n_keys, n_optional, out):
-    """Hash the NUL-separated UTF-8 strings of ``buf`` into ``out``; return how many there were.
-
-    The first ``n_keys`` strings get ``stream.features.layout.event_key`` (``zlib.crc32`` in the
-    high and ``zlib.adler32`` in the low 32 bits, as the int64 of the same bits), the rest
-    ``stream.features.layout.stable_hash`` (``zlib.crc32``), except that an empty string among the last
-    ``n_optional`` gets -1 (absent). One pass: the checksums run along the scan for the
-    separators. A count other than ``len(out)`` means a string held a NUL itself (``out``
-    is then unusable).
-    """
-    n = out.shape[0]
-    first_optional = n - n_optional
-    end = buf.shape[0]
-    i = 0
-    c = 0xFFFFFFFF
-    lo = 1
-    hi = 0
-    length = 0
-    for b in range(end + 1):
-        if b < end and buf[b] != 0:
-            x = buf[b]
-            c = _CRC_TABLE[(c ^ x) & 0xFF] ^ (c >> 8)
-            if i < n_keys:
-                lo += x
-                hi += lo
-                if length & 0xFFF == 0xFFF:  # reduce now and then: no int64 overflow
-                    lo %= 65521
-                    hi %= 65521
-            length += 1
-            continue
-        if i < n:
-            c ^= 0xFFFFFFFF
-            if i < n_keys:
-                out[i] = (c << 32) | ((hi % 65521) << 16) | (lo % 65521)
-            elif length == 0 and i >= first_optional:
-                out[i] = -1
-            else:
-                out[i] = c
-        i += 1
-        c = 0xFFFFFFFF
-        lo = 1
-        hi = 0
-        length = 0
-    return i
-
-
 # -- serialisation ---------------------------------------------------------------------
 
 @nb.njit(cache=True, inline="always")
@@ -664,16 +602,12 @@ def ensure_compiled() -> None:
                           "b", "c", "d", "e")])
     engine.state_bytes(["a"])
     engine.load_bytes("a", engine.state_bytes(["a"])["a"])
+    scan_values([b'{"event_id":"warm-up","ts":1767571200000,"account_id":"a","type":"trade","asset":"BTC",'
+                 b'"amount":1.5,"usd_value":2e3,"side":"buy","price":1.0,"ip":"c","label":0}'], 1024)
     _checked = True
 
 
 # -- convenience wrapper ---------------------------------------------------------------
-
-_F = {name: i for i, name in enumerate(Event.__struct_fields__)}
-(_F_ID, _F_TS, _F_ACCOUNT, _F_TYPE, _F_ASSET, _F_AMOUNT, _F_USD, _F_SIDE, _F_PRICE, _F_CP, _F_IP, _F_DEVICE,
- _F_COUNTRY) = (_F[k] for k in ("event_id", "ts", "account_id", "type", "asset", "amount", "usd_value", "side",
-                                "price", "counterparty", "ip", "device_id", "country"))
-
 
 class BatchFeatureEngine:
     """The states of many accounts as matrix rows, updated by :func:`update_batch`.
@@ -683,6 +617,7 @@ class BatchFeatureEngine:
     batch; ``state_bytes`` gives the touched accounts' ``AccountState.to_bytes``.
 
     >>> from stream.events.schema import Event
+from stream.features.columns import EventColumns, scan_values
     >>> eng = BatchFeatureEngine()
     >>> e = Event("e1", 1767571200000, "a", "deposit", "BTC", 1.0, 5.0)
     >>> X, outcomes = eng.process([e, e])
@@ -759,45 +694,24 @@ class BatchFeatureEngine:
         return {a: blob[ends[i]:ends[i + 1]] for i, a in enumerate(accounts)}
 
     # -- events -------------------------------------------------------------------
-    def encode(self, events: Sequence[Event]) -> tuple[np.ndarray, ...]:
-        """The per-event arrays :func:`update_batch` takes, from ``events``: ``(rows, ts,
-        etype, usd, amount, price, side, ev_key, h_device, h_ip, h_country, h_cp, h_asset)``.
+    def encode(self, events: Sequence[Event] | EventColumns) -> tuple[np.ndarray, ...]:
+        """The per-event arrays :func:`update_batch` takes, from ``events`` (``Event`` objects
+        or their :class:`~stream.features.columns.EventColumns`): ``(rows, ts, etype, usd,
+        amount, price, side, ev_key, h_device, h_ip, h_country, h_cp, h_asset)``.
 
         Unknown accounts get fresh rows (last, so an event that fails to encode, e.g. of an
-        unknown type, leaves the engine as it was). Each field is read with one ``map`` or
-        list comprehension straight into numpy, and every string is hashed in one compiled
-        call over the joined UTF-8 bytes: per event that is far cheaper than hashing in
-        Python (``event_key`` cannot be memoised: ids are unique).
+        unknown type, leaves the engine as it was).
         """
-        n = len(events)
-        # One C pass turns the events into field columns (tuples, in Event field order).
-        c = list(zip(*map(astuple, events)))
-        ts = np.array(c[_F_TS], dtype=np.float64)
-        etype = np.fromiter(map(TYPE_CODE.__getitem__, c[_F_TYPE]), dtype=np.int64, count=n)
-        usd = np.array(c[_F_USD], dtype=np.float64)
-        amount = np.array(c[_F_AMOUNT], dtype=np.float64)
-        price = np.array([p or 0.0 for p in c[_F_PRICE]], dtype=np.float64)
-        side = np.where(np.fromiter([s == "buy" for s in c[_F_SIDE]], dtype=np.bool_, count=n), 1.0, -1.0)
-        # Every string of the batch, field by field (absent optional ones as ""), hashed
-        # in one compiled pass over their NUL-joined UTF-8 bytes (a NUL is never part of
-        # another character's UTF-8 encoding).
-        texts = [*c[_F_ID], *c[_F_ASSET]]
-        for f in (_F_DEVICE, _F_IP, _F_COUNTRY, _F_CP):
-            texts += [t or "" for t in c[f]]
-        h = np.empty(6 * n, dtype=np.int64)
-        buf = np.frombuffer("\x00".join(texts).encode(), dtype=np.uint8)
-        if hash_strings(buf, n, 4 * n, h) != 6 * n:  # some string holds a NUL: hash in Python
-            h[:n] = np.array(list(map(event_key, texts[:n])), dtype=np.uint64).view(np.int64)
-            h[n:] = [stable_hash(t) if t or i < 2 * n else -1 for i, t in enumerate(texts[n:], n)]
-        h = h.reshape(6, n)
-        accounts = c[_F_ACCOUNT]
+        cols = events if isinstance(events, EventColumns) else EventColumns.of(events)
+        accounts = cols.account_ids
+        n = len(accounts)
         rows = np.fromiter(map(self.rows.get, accounts, repeat(-1)), dtype=np.int64, count=n)
         if (rows < 0).any():
             for i in np.flatnonzero(rows < 0).tolist():
                 rows[i] = self._row(accounts[i])
-        return rows, ts, etype, usd, amount, price, side, h[0], h[2], h[3], h[4], h[5], h[1]
+        return (rows, *cols.arrays)
 
-    def process(self, events: Sequence[Event], *, check: bool = True,
+    def process(self, events: Sequence[Event] | EventColumns, *, check: bool = True,
                 behind: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Apply a batch of events in order; return ``(features, outcomes)``.
 
