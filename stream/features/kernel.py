@@ -617,7 +617,6 @@ class BatchFeatureEngine:
     batch; ``state_bytes`` gives the touched accounts' ``AccountState.to_bytes``.
 
     >>> from stream.events.schema import Event
-from stream.features.columns import EventColumns, scan_values
     >>> eng = BatchFeatureEngine()
     >>> e = Event("e1", 1767571200000, "a", "deposit", "BTC", 1.0, 5.0)
     >>> X, outcomes = eng.process([e, e])
