@@ -24,7 +24,7 @@ per-account sequences, so offline and online feature rows are bit-identical
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -33,7 +33,6 @@ from stream.features.columns import EventColumns
 from stream.features.kernel import DUPLICATE, BatchFeatureEngine
 from stream.features.layout import N_FEATURES, late_reason
 
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -49,20 +48,10 @@ class Admitted:
         """True when some event of the batch was not applied."""
         return bool(self.duplicates or self.late)
 
-    def kept(self, items: Sequence[T]) -> Sequence[T]:
-        """The items (aligned with the batch) of the applied events, in order."""
-        if not self.refused:
-            return items
-        skip = self._skipped()
-        return [x for i, x in enumerate(items) if i not in skip]
-
     def applied(self, n: int) -> list[int]:
         """The batch indices (of a batch of ``n``) of the applied events, in order."""
-        skip = self._skipped()
+        skip = set(self.duplicates).union(i for i, _ in self.late)
         return [i for i in range(n) if i not in skip]
-
-    def _skipped(self) -> set[int]:
-        return set(self.duplicates).union(i for i, _ in self.late)
 
 
 def admit_batch(engine: BatchFeatureEngine, events: Sequence[Event] | EventColumns) -> Admitted:
