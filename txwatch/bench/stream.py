@@ -28,7 +28,8 @@ Everything runs in one invocation against the same broker and Redis (embedded un
   challenger costs what the champion costs);
 * ``monitoring_cost``: each of those three timed alone on the same events' feature rows, in
   microseconds per event, with the pipeline's own cost per event beside them, and its three
-  steps each timed alone (``pipeline_steps_us_per_event``: parsing the batch, admission and features,
+  steps each timed alone (``pipeline_steps_us_per_event``: reading the batch into columns (the
+  compiled scan, or parse_events where it gives up, as the pipeline does), admission and features,
   the student's scores).
 
 Rates exclude start-up and group joins: they are counted from the first processed batch.
@@ -417,8 +418,9 @@ def _monitoring_cost(payloads: list[bytes], model_dir: str, challenger_dir: str,
     from stream.core.ports import Record
     from stream.core.sampling import FidelitySampler
     from stream.core.shadow import Shadow
-    from stream.events.schema import Event, parse_events
+    from stream.events.schema import MAX_EVENT_BYTES, Event, parse_events
     from stream.features.admission import admit_batch
+    from stream.features.columns import EventColumns, scan_values
     from stream.features.kernel import BatchFeatureEngine
     from stream.scoring.profile import load_profile
     from stream.scoring.student import load_student
@@ -467,16 +469,22 @@ def _monitoring_cost(payloads: list[bytes], model_dir: str, challenger_dir: str,
             sh.observe(ids, X, p, student.threshold)
 
     values = [payloads[i:i + s.batch_max] for i in range(0, len(payloads), s.batch_max)]
-    parsed = [[e for e in parse_events(v) if type(e) is Event] for v in values]
+
+    def read(v: list[bytes]) -> EventColumns:
+        """The pipeline's read of a batch: the compiled scan, or parse_events when it gives up."""
+        return scan_values(v, MAX_EVENT_BYTES) or EventColumns.of(
+            [e for e in parse_events(v, MAX_EVENT_BYTES) if type(e) is Event])
+
+    columns = [read(v) for v in values]
 
     def parse():
         for v in values:
-            parse_events(v)
+            read(v)
 
     def features():
         engine = BatchFeatureEngine()
-        for events in parsed:
-            admit_batch(engine, events)
+        for c in columns:
+            admit_batch(engine, c)
 
     def score():
         for _, X, _, _ in batches:
