@@ -66,6 +66,10 @@ class MemoryStore:
                 out.append(exc)
         return out
 
+    async def commit_many_async(self, results: list[BatchResult], cleared=None) -> list[list[str] | FenceError]:
+        """Like :meth:`stream.adapters.redis_store.RedisStore.commit_many_async`."""
+        return self.commit_many(results, cleared)
+
     def all_alerts(self) -> dict[str, dict[str, Any]]:
         """Every alert by event id."""
         return {k: v for part in self.alerts.values() for k, v in part.items()}

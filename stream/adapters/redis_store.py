@@ -48,6 +48,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import orjson
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.exceptions import NoScriptError
 
 from stream.core.drift import DriftWindow, window_fields
@@ -154,6 +157,7 @@ class RedisStore:
         self.client = client
         self.config = config
         self._commit = client.register_script(_COMMIT_LUA)
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
 
     # -- keys ---------------------------------------------------------------------
     def key(self, pkey: str, suffix: str) -> str:
@@ -420,17 +424,79 @@ class RedisStore:
         it = iter(replies)
         return [[] if r.empty else self._added(r, next(it)) for r in results]
 
+    async def commit_many_async(self, results: list[BatchResult],
+                                cleared: Mapping[str, Sequence[int]] | None = None) -> list[list[str] | FenceError]:
+        """:meth:`commit_many` on the running event loop (redis-py's asyncio client, same
+        server and options as ``client``): the loop goes on while Redis works, and the reply
+        wakes it directly, with no hand-off to a thread and back (the worker's write path)."""
+        live = [r for r in results if not r.empty]
+        if not live:
+            await asyncio.to_thread(self.clear_outbox, cleared or {})
+            return [[] for _ in results]
+        client = self._async_client()
+        with _reachable("batch write"):
+            try:
+                replies = await self._run_async(client, live, cleared)
+            except NoScriptError:  # as in commit_many
+                await client.script_load(_COMMIT_LUA)
+                replies = await self._run_async(client, live, cleared)
+        it = iter(replies)
+        return [[] if r.empty else self._added(r, next(it)) for r in results]
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        """The asyncio twin of ``client`` for the running loop (an asyncio client's
+        connections belong to the loop that opened them)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, async_twin(self.client))
+        return self._async[1]
+
     def _run(self, live: list[BatchResult], cleared: Mapping[str, Sequence[int]] | None = None) -> list:
-        """One round trip: EVALSHA of the commit script per batch, pipelined, after the
-        HDELs of published outbox entries; returns the scripts' replies. (redis-py's Script
-        objects would first ask SCRIPT EXISTS on every pipeline: a second round trip per
-        batch.)"""
         pipe = self.client.pipeline(transaction=False)
+        n_clears = self._queue_batches(pipe, live, cleared)
+        return pipe.execute()[n_clears:]
+
+    async def _run_async(self, client: redis.asyncio.Redis, live: list[BatchResult],
+                         cleared: Mapping[str, Sequence[int]] | None) -> list:
+        pipe = client.pipeline(transaction=False)
+        n_clears = self._queue_batches(pipe, live, cleared)
+        return (await pipe.execute())[n_clears:]
+
+    def _queue_batches(self, pipe, live: list[BatchResult], cleared: Mapping[str, Sequence[int]] | None) -> int:
+        """Queue one round trip on ``pipe`` (a redis-py pipeline, blocking or asyncio): the
+        HDELs of published outbox entries, then an EVALSHA of the commit script per batch;
+        returns how many replies come before the scripts'. (redis-py's Script objects would
+        first ask SCRIPT EXISTS on every pipeline: a second round trip per batch.)"""
         n_clears = self._queue_clears(pipe, cleared)
         for r in live:
             keys, args = self._script_call(r)
             pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
-        return pipe.execute()[n_clears:]
+        return n_clears
+
+
+# Connection options that mean the same to redis-py's blocking and asyncio connections
+# (the blocking pool's kwargs also hold objects of its own, not to be shared).
+_PORTABLE = ("host", "port", "path", "db", "username", "password", "credential_provider", "client_name",
+             "socket_timeout", "socket_connect_timeout", "socket_keepalive", "health_check_interval",
+             "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_check_hostname",
+             "ssl_password", "ssl_min_version", "ssl_ciphers")
+
+
+def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
+    """An asyncio client to the same server as ``client``, with the same options (TCP, TLS
+    or a Unix socket, as ``client`` connects)."""
+    pool = client.connection_pool
+    kind = {redis.SSLConnection: redis.asyncio.SSLConnection,
+            redis.UnixDomainSocketConnection: redis.asyncio.UnixDomainSocketConnection}
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _PORTABLE}
+    retry = pool.connection_kwargs.get("retry")
+    backoff = getattr(retry, "_backoff", None)  # redis-py keeps it private; without it, its default
+    if backoff is not None:
+        kwargs["retry"] = redis.asyncio.retry.Retry(backoff, retry.get_retries())
+    connection_class = next((a for b, a in kind.items() if issubclass(pool.connection_class, b)),
+                            redis.asyncio.Connection)
+    return redis.asyncio.Redis(connection_pool=redis.asyncio.ConnectionPool(connection_class=connection_class,
+                                                                            **kwargs))
 
 
 def redis_client(settings: Settings) -> redis.Redis:

@@ -66,6 +66,12 @@ class StateStore(StateSource, Protocol):
         offsets) whose messages Kafka has acknowledged, removed in the same round trip."""
         ...
 
+    async def commit_many_async(self, results: list["BatchResult"],
+                                cleared: Mapping[str, Sequence[int]] | None = None) -> list[list[str] | FenceError]:
+        """:meth:`commit_many`, awaited on the running event loop without blocking it (the
+        worker's write path)."""
+        ...
+
     def outbox(self, partition_key: str) -> dict[int, bytes]:
         """The partition's outbox entries not yet cleared, by batch end offset."""
         ...

@@ -307,8 +307,9 @@ class WorkerCore:
 
         All partitions share one Redis round trip (one atomic script per partition,
         pipelined), so the fixed cost per batch does not grow with the number of partitions
-        in it. The round trip runs in a worker thread: the event loop stays free meanwhile,
-        so the Kafka consumer keeps fetching. Each batch's alerts and dead letters go into
+        in it. The round trip is awaited on the event loop (the store's asyncio write): the
+        loop stays free meanwhile, so the Kafka consumer keeps fetching, and the reply wakes
+        it with no hand-off to a thread and back. Each batch's alerts and dead letters go into
         the same script, as its outbox entry, and are published to Kafka after it, in the
         background: the next batch's commit does not wait for their acknowledgement, the
         runner's Kafka offset commit does (:meth:`published`). A batch whose partition was
@@ -328,7 +329,7 @@ class WorkerCore:
             cleared = self._take_acked()
             try:
                 outcomes = await self._retry("writing the batch to Redis",
-                                             lambda: asyncio.to_thread(self.store.commit_many, results, cleared))
+                                             lambda: self.store.commit_many_async(results, cleared))
             except BaseException:
                 self._keep_acked(cleared)
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import orjson
@@ -76,3 +77,28 @@ def test_a_commit_removes_the_published_outbox_entries_in_its_own_round_trip(sto
     assert {p: store.outbox(f"ev:{p}") for p in (2, 3)} == {2: {599: b"second"}, 3: {599: b"second"}}
     store.clear_outbox({"ev:2": [599], "ev:3": [599], "ev:4": []})
     assert store.outbox("ev:2") == {} and store.outbox("ev:3") == {}
+
+
+def test_the_awaited_write_is_the_same_write(store, models, small_history):
+    """commit_many_async (the worker's path, redis-py's asyncio client) applies, fences,
+    clears and reloads its script as commit_many does, on whichever event loop runs it."""
+    events = small_history[:900]
+    recs = [Record("ev", 5, i, orjson.dumps(e)) for i, e in enumerate(events)]
+    student = load_student(models["student"])
+    pipe = Pipeline(student, store)
+    first = pipe.process(recs[:300])
+    first.outbox = b"first"
+    stale = Pipeline(student, store).process(recs[:200])  # another worker, same start
+    assert asyncio.run(store.commit_many_async([first])) == [[a.event_id for a in first.alerts]]
+    assert store.offset("ev:5") == 299 and store.outbox("ev:5") == {299: b"first"}
+    assert asyncio.run(store.commit_many_async([first])) == [[]]  # again: a no-op
+    [fenced] = asyncio.run(store.commit_many_async([stale]))
+    assert isinstance(fenced, FenceError)
+
+    second = pipe.process(recs[300:])
+    store.client.script_flush()  # a new loop, and the script to load again
+    outcomes = asyncio.run(store.commit_many_async([second], {"ev:5": [299]}))
+    assert outcomes == [[a.event_id for a in second.alerts]] and first.alerts + second.alerts
+    assert store.offset("ev:5") == 899 and store.outbox("ev:5") == {}
+    stored = store.client.hgetall(store.key("ev:5", "state"))
+    assert {k.decode(): v for k, v in stored.items()} == {**first.states, **second.states}

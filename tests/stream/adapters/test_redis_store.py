@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -33,3 +35,14 @@ def test_a_batch_write_to_an_unreachable_redis_is_service_unavailable(unreachabl
     result = BatchResult("t:0", -1, 4, states={"a": b"x"})
     with pytest.raises(ServiceUnavailable, match="batch write"):
         unreachable.commit_many([result])
+
+
+def test_an_awaited_batch_write_to_an_unreachable_redis_is_service_unavailable(unreachable):
+    """The worker's write path (the asyncio twin of the client) reports the same way."""
+    result = BatchResult("t:0", -1, 4, states={"a": b"x"})
+
+    async def write():
+        await unreachable.commit_many_async([result])
+
+    with pytest.raises(ServiceUnavailable, match="batch write"):
+        asyncio.run(write())
