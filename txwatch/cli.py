@@ -660,8 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the bench topic (default 4)")
     bs.add_argument("--latency-rate", type=float, default=2000.0, help="offered events/s in the latency phase (default 2000)")
     bs.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency phase (default 30)")
-    bs.add_argument("--rounds", type=_positive_int, default=2, help="runs of the bare drain and the cores, and of the "
-                    "no-op faust agents and the faust worker, in turns; the best of each is compared (default 2)")
+    bs.add_argument("--rounds", type=_positive_int, default=2, help="runs of the bare drain and the cores, of the "
+                    "no-op faust agents and the faust worker, and of the three latency phases, each group in turns; "
+                    "the best of each is compared (default 2)")
     bs.add_argument("--no-monitoring", action="store_true", help="every worker phase without drift, fidelity sample "
                     "and shadow challenger (default: all three on, as in production)")
     be = bsub.add_parser("export", help="the exported student (ONNX, integer form) against txwatch's kernels")

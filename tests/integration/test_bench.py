@@ -31,6 +31,10 @@ def test_bench_stream_runs_every_phase(kafka, redis_server, events_file, models,
         assert 1 <= len(lat["p99_ms_by_5s"]) <= 2  # 6 s of sends: two 5 s windows (one may hold no alert)
     transport = r["transport_latency"]
     assert transport["received"] == transport["events"] == 3600
+    # Each latency phase ran once per round (in turns) and reports its lowest p99.
+    for phase in ("latency", "latency_plain", "transport_latency"):
+        runs = r[phase]["runs_p99_ms"]
+        assert len(runs) == 2 and None not in runs and r[phase]["p99_ms"] == min(runs), (phase, runs)
     # The monitored phases really ran drift, the fidelity sample and the shadow challenger
     # (handed to Redis at the stop at the latest), and each step's cost per event was timed.
     seen = r["core_plain"]["monitored"]
