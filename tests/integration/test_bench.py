@@ -29,6 +29,7 @@ def test_bench_stream_runs_every_phase(kafka, redis_server, events_file, models,
         assert lat["events"] == 3600 and lat["alerts_timed"] > 0, (phase, lat)
         assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"]
         assert 1 <= len(lat["p99_ms_by_5s"]) <= 2  # 6 s of sends: two 5 s windows (one may hold no alert)
+        assert lat["peak_rss_mb"] > 0  # the run's own worker process, stopped after it
     transport = r["transport_latency"]
     assert transport["received"] == transport["events"] == 3600
     # Each latency phase ran once per round (in turns) and reports its lowest p99.

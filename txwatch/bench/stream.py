@@ -15,11 +15,13 @@ Everything runs in one invocation against the same broker and Redis (embedded un
   batch, offset commit) driven by the plain aiokafka runner, no faust;
 * ``faust_worker``: one ``txwatch worker`` process (faust runner), end to end;
 * ``latency``: produce time to alert readable in Redis (the alert's pub/sub message,
-  published inside the commit script) at a fixed offered rate, on the caught-up faust worker;
-* ``latency_plain``: the same on a caught-up plain-runner worker process (no faust);
+  published inside the commit script) at a fixed offered rate, on a faust worker process
+  caught up with the backlog (and its peak RSS);
+* ``latency_plain``: the same on a plain-runner worker process (no faust);
 * ``transport_latency``: the floor under it: produce time to a bare aiokafka group
   consumer receiving the record, same producer, same offered rate, no processing; the
-  three latency phases run in turns, ``--rounds`` times each, and each reports its run with
+  three latency phases run in turns, ``--rounds`` times each, each run on topics of its own
+  loaded with the same backlog (and a fresh worker), and each phase reports its run with
   the lowest p99, with every run's p99 in ``runs_p99_ms``;
 * ``scale_out``: two faust worker processes in one group on the same topic;
 * worker peak RSS (``VmHWM``) of the worker processes;
@@ -256,7 +258,6 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
         # ``rounds`` times each, and the best run of each is compared (noise only ever slows a
         # run down).
         noops, bulks, workers = [], [], []
-        faust_worker = None  # the last round's worker, caught up: the latency rounds' faust worker
         for r in range(rounds):
             log(f"no-op faust agent (stream.take only), round {r + 1} of {rounds}")
             noops.append(_noop(settings_for(f"noop{r}"), topic, n))
@@ -264,51 +265,38 @@ def bench_stream(events_path: str, model_dir: str, *, n: int = 200_000, partitio
             bulks.append(_noop(settings_for(f"bulk{r}"), topic, n, "bulk"))
             log(f"one faust worker, end to end, round {r + 1} of {rounds}")
             s_faust = settings_for(f"faust{r}")
-            worker = _start_worker(s_faust, "faust", work / f"faust_worker{r}.log")
-            try:
+            with _stopped_at_exit(_start_worker(s_faust, "faust", work / f"faust_worker{r}.log")) as worker:
                 workers.append(_wait_rate(client, s_faust, topic, n, [worker]))
                 workers[-1]["peak_rss_mb"] = _peak_rss_mb(worker.pid)
-            finally:
-                if r < rounds - 1:
-                    _stop(worker)
-                else:
-                    faust_worker = stack.enter_context(_stopped_at_exit(worker))
         result["faust_noop"] = _best(noops)
         result["faust_noop_bulk"] = _best(bulks)
         result["faust_worker"] = _best(workers)
 
-        # The plain runner's latency is timed on its own copy of the backlog, so both workers
-        # score the same events after the same history (on the first topic the faust phase's
-        # events would be history too).
-        log("plain runner catching up with its own copy of the backlog")
-        s_pl = settings_for("plainlat", input_topics=f"{topic}-plain")
-        ensure_topics(s_pl)
-        asyncio.run(_produce(s_pl, s_pl.topics[0], payloads, keys))
-        plain_worker = stack.enter_context(_stopped_at_exit(_start_worker(s_pl, "plain", work / "plain_worker.log")))
-        _wait_rate(client, s_pl, s_pl.topics[0], n, [plain_worker])
-
-        # Latency, like the rates, in turns, ``rounds`` times each (both workers caught up
-        # and idle while the other phases run), each phase's best run reported: a p99 of
-        # some 200 alerts moved by 20 ms from one 30-second phase to the next.
+        # Latency, like the rates, in turns, ``rounds`` times each, each phase's best run
+        # reported (a p99 of some 200 alerts moved by 20 ms from one 30-second phase to the
+        # next). Every run has topics of its own, loaded with the same backlog, and a fresh
+        # worker caught up with it: the embedded broker's fetch slows as a partition collects
+        # record batches, and the paced sender adds some 200 a second to each partition, so a
+        # run on a topic an earlier run had written to would be timed on a slower broker
+        # (docs/benchmarks.md, "Latency rounds on fresh topics").
         faust_lat, plain_lat, transport_lat = [], [], []
         for r in range(rounds):
             log(f"latency at {latency_rate:,.0f} events/s offered for {latency_seconds:.0f}s: faust worker, "
-                f"plain runner, bare transport, round {r + 1} of {rounds}")
-            faust_lat.append(_latency(s_faust, client, topic, payloads, keys, latency_rate, latency_seconds,
-                                      f"faust{r}"))
-            plain_lat.append(_latency(s_pl, client, s_pl.topics[0], payloads, keys, latency_rate, latency_seconds,
-                                      f"plain{r}"))
-            s_tl = settings_for(f"transport{r}", input_topics=f"{topic}-transport")
+                f"plain runner, bare transport, each on fresh topics holding the backlog, round {r + 1} of {rounds}")
+            for runner, runs in (("faust", faust_lat), ("plain", plain_lat)):
+                lat_topic = f"{topic}-{runner}lat{r}"
+                s_lat = settings_for(f"{runner}lat{r}", input_topics=lat_topic, alerts_topic=f"{lat_topic}-alerts",
+                                     dead_letter_topic=f"{lat_topic}-dlq")
+                runs.append(_caught_up_latency(client, s_lat, runner, payloads, keys, latency_rate,
+                                               latency_seconds, work / f"{runner}_latency{r}.log"))
+            s_tl = settings_for(f"transport{r}", input_topics=f"{topic}-transport{r}")
             ensure_topics(s_tl)
+            asyncio.run(_produce(s_tl, s_tl.topics[0], payloads, keys))
             transport_lat.append(asyncio.run(_transport_latency(s_tl, payloads, keys, latency_rate,
-                                                                latency_seconds)))
+                                                                latency_seconds, backlog=n)))
         result["latency"] = _lowest_p99(faust_lat)
-        result["faust_worker"]["peak_rss_mb_after_latency"] = _peak_rss_mb(faust_worker.pid)
         result["latency_plain"] = _lowest_p99(plain_lat)
-        result["latency_plain"]["peak_rss_mb"] = _peak_rss_mb(plain_worker.pid)
         result["transport_latency"] = _lowest_p99(transport_lat)
-        _stop(faust_worker)
-        _stop(plain_worker)
 
         log("two faust workers in one group")
         s_two = settings_for("two")
@@ -571,6 +559,22 @@ def _latency(s: Settings, client, topic: str, payloads: list[bytes], keys: list,
             **_percentiles_ms(latencies)}
 
 
+def _caught_up_latency(client, s: Settings, runner: str, payloads: list[bytes], keys: list, rate: float,
+                       seconds: float, log_path: Path) -> dict:
+    """``_latency`` on a fresh ``runner`` worker (``faust`` or ``plain``) caught up with the
+    backlog on its own topic (``s.topics[0]``, loaded here), with the worker's peak RSS."""
+    from stream.adapters.kafka import ensure_topics
+
+    ensure_topics(s)
+    topic = s.topics[0]
+    asyncio.run(_produce(s, topic, payloads, keys))
+    with _stopped_at_exit(_start_worker(s, runner, log_path)) as worker:
+        _wait_rate(client, s, topic, len(payloads), [worker])
+        run = _latency(s, client, topic, payloads, keys, rate, seconds, s.group_id)
+        run["peak_rss_mb"] = _peak_rss_mb(worker.pid)
+    return run
+
+
 # The paced sender's linger: the default of Apache Kafka's own clients since 4.0 (KIP-1030)
 # and of librdkafka. With linger 0 at 2,000 events/s every record is its own produce
 # request, and the embedded broker's own cost dominated the latency measured
@@ -598,19 +602,28 @@ def _paced_send(s: Settings, topic: str, values: list[bytes], keys: list, rate: 
     return offered
 
 
-async def _transport_latency(s: Settings, payloads: list[bytes], keys: list, rate: float, seconds: float) -> dict:
-    """Produce -> bare group consumer latency: what the broker and clients cost, no txwatch."""
+async def _transport_latency(s: Settings, payloads: list[bytes], keys: list, rate: float, seconds: float,
+                             backlog: int = 0) -> dict:
+    """Produce -> bare group consumer latency: what the broker and clients cost, no txwatch.
+    The consumer first reads the ``backlog`` records the topic already holds, as a caught-up
+    worker has (from the earliest offset: the embedded broker's latest offset can fall inside
+    the last record batch, BROKER-NOTES.md)."""
     from aiokafka import AIOKafkaConsumer
 
     count = min(len(payloads), int(rate * seconds))
     topic = s.topics[0]
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap_servers, group_id=s.group_id,
-                                auto_offset_reset="latest", fetch_max_wait_ms=s.fetch_max_wait_ms,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=s.fetch_max_wait_ms,
                                 session_timeout_ms=6000, rebalance_timeout_ms=6000, **s.kafka_client_options())
     await consumer.start()
     try:
-        while not consumer.assignment():
-            await consumer.getmany(timeout_ms=100)
+        read = 0
+        deadline = time.monotonic() + 600
+        while (read < backlog or not consumer.assignment()) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+            read += sum(len(msgs) for msgs in batch.values())
+        if read < backlog:
+            raise RuntimeError(f"transport consumer read only {read} of the {backlog} records before the run")
         sent: dict[int, float] = {}
         box: dict = {}
         values = [str(i).encode().ljust(len(p), b" ") for i, p in enumerate(payloads[:count])]  # same sizes
