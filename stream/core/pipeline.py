@@ -25,9 +25,9 @@ import numpy as np
 from stream.core.ports import Record, StateSource
 from stream.events.alerts import Alert
 from stream.events.deadletters import DeadLetter
-from stream.events.schema import MAX_EVENT_BYTES, Event, parse_events
+from stream.events.schema import MAX_EVENT_BYTES
 from stream.features.admission import admit_batch
-from stream.features.columns import EventColumns, scan_values
+from stream.features.columns import read_values
 from stream.features.kernel import BatchFeatureEngine
 from stream.features.layout import StateFormatError
 from stream.scoring.student import Student
@@ -151,23 +151,17 @@ class Pipeline:
             return
         # Valid events of the plain shape are read straight into columns; a batch holding
         # anything else goes through parse_events, which refuses bad values with the reasons.
-        batch = scan_values(values, self.max_event_bytes)
+        batch, refused = read_values(values, self.max_event_bytes)
         sources: Sequence[Record] = fresh
+        if refused:
+            for i, exc in refused:
+                r = fresh[i]
+                result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
+                                              bytes(r.value), r.key))
+            skip = {i for i, _ in refused}
+            sources = [r for i, r in enumerate(fresh) if i not in skip]
         if batch is None:
-            parsed = parse_events(values, self.max_event_bytes)
-            events: list[Event] = parsed
-            if set(map(type, parsed)) - {Event}:  # some value was refused
-                bad = [i for i, e in enumerate(parsed) if type(e) is not Event]
-                for i in bad:
-                    r, exc = fresh[i], parsed[i]
-                    result.dead.append(DeadLetter(r.topic, r.partition, r.offset, exc.reason, exc.field,
-                                                  bytes(r.value), r.key))
-                skip = set(bad)
-                events = [e for i, e in enumerate(parsed) if i not in skip]
-                sources = [r for i, r in enumerate(fresh) if i not in skip]
-            if not events:
-                return
-            batch = EventColumns.of(events)
+            return
 
         engine = part.engine
         missing = engine.unknown(set(batch.account_ids))

@@ -9,7 +9,7 @@ strings, and a way back to the whole :class:`~stream.events.schema.Event` of a r
 * :meth:`EventColumns.of` from ``Event`` objects (training's replay; any batch the scan
   below does not take);
 * :func:`scan_values` straight from a batch of JSON payloads, in one compiled pass, with no
-  Python object per event. It reads only the plain shape of a valid event: a flat JSON
+  Python object per event (:func:`read_values`, the stream's read of a batch, tries it first). It reads only the plain shape of a valid event: a flat JSON
   object of the schema's fields, each at most once, ASCII strings without escapes, plain
   non-negative numbers it can convert exactly, ``ts`` an integer in range, a trade with
   side and price and no other type with either. On any other payload it gives up and the
@@ -32,7 +32,8 @@ import numba as nb
 import numpy as np
 from msgspec.structs import astuple
 
-from stream.events.schema import EVENT_TYPES, MAX_STRING, MAX_TS_MS, MIN_TS_MS, Event, parse_event
+from stream.errors import InvalidEvent
+from stream.events.schema import EVENT_TYPES, MAX_STRING, MAX_TS_MS, MIN_TS_MS, Event, parse_event, parse_events
 from stream.features.layout import TYPE_CODE, event_key, stable_hash
 
 # -- string hashes ---------------------------------------------------------------------
@@ -481,3 +482,17 @@ def scan_values(values: Sequence[bytes], max_bytes: int) -> EventColumns | None:
     return EventColumns((ts, etype, usd, amount, price, side, ev_key, h_device, h_ip, h_country, h_cp, h_asset),
                         list(map(text.__getitem__, map(slice, s[0], s[1]))),
                         list(map(text.__getitem__, map(slice, s[2], s[3]))), values=values)
+
+
+def read_values(values: Sequence[bytes], max_bytes: int) -> tuple[EventColumns | None, list[tuple[int, InvalidEvent]]]:
+    """The stream's read of a batch of JSON payloads: the columns of its valid events (None
+    if it has none) and each refused value's index with the refusal. The compiled scan reads
+    a batch of plain-shaped events; any other batch is parsed with
+    :func:`stream.events.schema.parse_events`, which gives the reasons."""
+    batch = scan_values(values, max_bytes) if values else None
+    if batch is not None:
+        return batch, []
+    parsed = parse_events(values, max_bytes)
+    refused = [(i, e) for i, e in enumerate(parsed) if type(e) is not Event]
+    events = [e for e in parsed if type(e) is Event] if refused else parsed
+    return (EventColumns.of(events) if events else None), refused

@@ -437,9 +437,9 @@ def _monitoring_cost(payloads: list[bytes], model_dir: str, challenger_dir: str,
     from stream.core.ports import Record
     from stream.core.sampling import FidelitySampler
     from stream.core.shadow import Shadow
-    from stream.events.schema import MAX_EVENT_BYTES, Event, parse_events
+    from stream.events.schema import MAX_EVENT_BYTES
     from stream.features.admission import admit_batch
-    from stream.features.columns import EventColumns, scan_values
+    from stream.features.columns import EventColumns, read_values
     from stream.features.kernel import BatchFeatureEngine
     from stream.scoring.profile import load_profile
     from stream.scoring.student import load_student
@@ -490,9 +490,7 @@ def _monitoring_cost(payloads: list[bytes], model_dir: str, challenger_dir: str,
     values = [payloads[i:i + s.batch_max] for i in range(0, len(payloads), s.batch_max)]
 
     def read(v: list[bytes]) -> EventColumns:
-        """The pipeline's read of a batch: the compiled scan, or parse_events when it gives up."""
-        return scan_values(v, MAX_EVENT_BYTES) or EventColumns.of(
-            [e for e in parse_events(v, MAX_EVENT_BYTES) if type(e) is Event])
+        return read_values(v, MAX_EVENT_BYTES)[0]
 
     columns = [read(v) for v in values]
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from stream.errors import InvalidEvent
 from stream.events.schema import EVENT_TYPES, MAX_EVENT_BYTES, parse_event
-from stream.features.columns import EventColumns, scan_values
+from stream.features.columns import EventColumns, read_values, scan_values
 
 GOOD = {"event_id": "e1", "ts": 1767571200000, "account_id": "a1", "type": "deposit",
         "asset": "BTC", "amount": 1.0, "usd_value": 100.0}
@@ -74,6 +74,19 @@ def test_one_payload_it_does_not_take_gives_up_the_batch_and_size_counts():
     assert scan_values(raws, MAX_EVENT_BYTES) is not None
     assert scan_values(raws[:2] + [b"not json"] + raws[2:], MAX_EVENT_BYTES) is None
     assert scan_values(raws, len(raws[0]) - 1) is None
+
+
+def test_read_values_scans_plain_batches_and_parses_the_rest_with_reasons():
+    raws = [orjson.dumps({**GOOD, "event_id": f"e{i}"}) for i in range(4)]
+    batch, refused = read_values(raws, MAX_EVENT_BYTES)
+    assert refused == [] and batch.event_ids == [f"e{i}" for i in range(4)]
+    # A refused value and a valid one the scan does not take: the batch is parsed, the
+    # refusal keeps its index and reason, the valid events (both shapes) keep their order.
+    mixed = raws[:1] + [orjson.dumps({**GOOD, "amount": -5.0})] + [json.dumps({**GOOD, "event_id": "p"}, indent=1).encode()]
+    batch, refused = read_values(mixed, MAX_EVENT_BYTES)
+    assert [i for i, _ in refused] == [1] and refused[0][1].field == "amount", refused
+    assert batch.event_ids == ["e0", "p"]
+    assert read_values([b"nope"], MAX_EVENT_BYTES)[0] is None
 
 
 def test_select_keeps_rows_and_their_events():
