@@ -52,50 +52,56 @@ def _crc_table() -> np.ndarray:
 CRC_TABLE = _crc_table()
 
 
+@nb.njit(cache=True, inline="always")
+def _crc(b, s, e, table):
+    """``zlib.crc32`` of the bytes ``b[s:e]`` (``stream.features.layout.stable_hash``)."""
+    c = 0xFFFFFFFF
+    for j in range(s, e):
+        c = table[(c ^ b[j]) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+@nb.njit(cache=True, inline="always")
+def _event_key(b, s, e, table):
+    """``stream.features.layout.event_key`` of the bytes ``b[s:e]``: ``zlib.crc32`` in the high
+    and ``zlib.adler32`` in the low 32 bits, as the int64 of the same bits (adler32's sums are
+    reduced once, at the end: they overflow an int64 only past some 10**8 bytes)."""
+    c = 0xFFFFFFFF
+    lo = 1
+    hi = 0
+    for j in range(s, e):  # both checksums in one pass
+        x = b[j]
+        c = table[(c ^ x) & 0xFF] ^ (c >> 8)
+        lo += x
+        hi += lo
+    return ((c ^ 0xFFFFFFFF) << 32) | ((hi % 65521) << 16) | (lo % 65521)
+
+
 @nb.njit(cache=True)
 def hash_strings(buf, n_keys, n_optional, out, crc_table):
     """Hash the NUL-separated UTF-8 strings of ``buf`` into ``out``; return how many there were.
 
-    The first ``n_keys`` strings get ``stream.features.layout.event_key`` (``zlib.crc32`` in the
-    high and ``zlib.adler32`` in the low 32 bits, as the int64 of the same bits), the rest
-    ``stream.features.layout.stable_hash`` (``zlib.crc32``), except that an empty string among the last
-    ``n_optional`` gets -1 (absent). One pass: the checksums run along the scan for the
-    separators. A count other than ``len(out)`` means a string held a NUL itself (``out``
-    is then unusable).
+    The first ``n_keys`` strings get :func:`_event_key`, the rest :func:`_crc`, except that an
+    empty string among the last ``n_optional`` gets -1 (absent). A count other than
+    ``len(out)`` means a string held a NUL itself (``out`` is then unusable).
     """
     n = out.shape[0]
     first_optional = n - n_optional
     end = buf.shape[0]
     i = 0
-    c = 0xFFFFFFFF
-    lo = 1
-    hi = 0
-    length = 0
+    start = 0
     for b in range(end + 1):
         if b < end and buf[b] != 0:
-            x = buf[b]
-            c = crc_table[(c ^ x) & 0xFF] ^ (c >> 8)
-            if i < n_keys:
-                lo += x
-                hi += lo
-                if length & 0xFFF == 0xFFF:  # reduce now and then: no int64 overflow
-                    lo %= 65521
-                    hi %= 65521
-            length += 1
             continue
         if i < n:
-            c ^= 0xFFFFFFFF
             if i < n_keys:
-                out[i] = (c << 32) | ((hi % 65521) << 16) | (lo % 65521)
-            elif length == 0 and i >= first_optional:
+                out[i] = _event_key(buf, start, b, crc_table)
+            elif b == start and i >= first_optional:
                 out[i] = -1
             else:
-                out[i] = c
+                out[i] = _crc(buf, start, b, crc_table)
         i += 1
-        c = 0xFFFFFFFF
-        lo = 1
-        hi = 0
-        length = 0
+        start = b + 1
     return i
 
 
@@ -309,24 +315,6 @@ def _exact_float(mant, exp10, pow10, max_mant):
     if -22 <= exp10 < 0:
         return float(mant) / pow10[-exp10]
     return -1.0
-
-
-@nb.njit(cache=True, inline="always")
-def _crc(b, s, e, table):
-    c = 0xFFFFFFFF
-    for j in range(s, e):
-        c = table[(c ^ b[j]) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-@nb.njit(cache=True, inline="always")
-def _event_key(b, s, e, table):
-    lo = 1
-    hi = 0
-    for j in range(s, e):
-        lo += b[j]
-        hi += lo
-    return (_crc(b, s, e, table) << 32) | ((hi % 65521) << 16) | (lo % 65521)
 
 
 @nb.njit(cache=True)
