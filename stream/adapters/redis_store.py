@@ -430,10 +430,14 @@ class RedisStore:
         server and options as ``client``): the loop goes on while Redis works, and the reply
         wakes it directly, with no hand-off to a thread and back (the worker's write path)."""
         live = [r for r in results if not r.empty]
-        if not live:
-            await asyncio.to_thread(self.clear_outbox, cleared or {})
-            return [[] for _ in results]
         client = self._async_client()
+        if not live:
+            if cleared and any(cleared.values()):
+                with _reachable("outbox clear"):
+                    pipe = client.pipeline(transaction=False)
+                    self._queue_clears(pipe, cleared)
+                    await pipe.execute()
+            return [[] for _ in results]
         with _reachable("batch write"):
             try:
                 replies = await self._run_async(client, live, cleared)

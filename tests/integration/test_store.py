@@ -102,3 +102,9 @@ def test_the_awaited_write_is_the_same_write(store, models, small_history):
     assert store.offset("ev:5") == 899 and store.outbox("ev:5") == {}
     stored = store.client.hgetall(store.key("ev:5", "state"))
     assert {k.decode(): v for k, v in stored.items()} == {**first.states, **second.states}
+    # A round with nothing new to store still clears what Kafka has acknowledged.
+    store.client.hset(store.key("ev:5", "outbox"), "899", b"second")
+    replayed = pipe.process(recs[300:])  # already applied: nothing to store
+    assert replayed.empty
+    assert asyncio.run(store.commit_many_async([replayed], {"ev:5": [899]})) == [[]]
+    assert store.outbox("ev:5") == {} and store.offset("ev:5") == 899
