@@ -70,6 +70,9 @@ class MemoryStore:
         """Like :meth:`stream.adapters.redis_store.RedisStore.commit_many_async`."""
         return self.commit_many(results, cleared)
 
+    async def aclose(self) -> None:
+        """Like :meth:`stream.adapters.redis_store.RedisStore.aclose` (nothing to close)."""
+
     def all_alerts(self) -> dict[str, dict[str, Any]]:
         """Every alert by event id."""
         return {k: v for part in self.alerts.values() for k, v in part.items()}

@@ -447,6 +447,17 @@ class RedisStore:
         it = iter(replies)
         return [[] if r.empty else self._added(r, next(it)) for r in results]
 
+    async def aclose(self) -> None:
+        """Close the asyncio client's connections if the running loop opened them (a stopping
+        worker's last step, so no socket outlives its loop); within two seconds, and quiet
+        if Redis is gone. A later ``commit_many_async`` opens a new client."""
+        if self._async is None:
+            return
+        (loop, client), self._async = self._async, None
+        if loop is asyncio.get_running_loop():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.connection_pool.disconnect(), 2.0)
+
     def _async_client(self) -> redis.asyncio.Redis:
         """The asyncio twin of ``client`` for the running loop (an asyncio client's
         connections belong to the loop that opened them)."""

@@ -72,6 +72,11 @@ class StateStore(StateSource, Protocol):
         worker's write path)."""
         ...
 
+    async def aclose(self) -> None:
+        """Close the connections :meth:`commit_many_async` opened on the running loop (a
+        stopping worker's last step); bounded, and quiet if the server is gone."""
+        ...
+
     def outbox(self, partition_key: str) -> dict[int, bytes]:
         """The partition's outbox entries not yet cleared, by batch end offset."""
         ...

@@ -125,6 +125,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
             flusher.cancel()
             core.clear_published()  # outbox entries already on Kafka, not left to be published again
             core.flush_monitoring()  # open drift/shadow windows and the waiting sample, not lost with the process
+            await core.store.aclose()  # its asyncio Redis connections, before their loop ends
 
     @app.timer(interval=min(settings.model_poll_s, settings.log_interval_s))
     async def housekeeping() -> None:

@@ -118,6 +118,7 @@ async def run_plain(settings: Settings, *, metrics: WorkerMetrics | None = None,
                 await _commit(consumer, stored)
             await asyncio.to_thread(core.flush_monitoring)
         finally:
+            await core.store.aclose()
             await consumer.stop()
     finally:
         await producer.stop()

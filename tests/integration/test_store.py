@@ -108,3 +108,22 @@ def test_the_awaited_write_is_the_same_write(store, models, small_history):
     assert replayed.empty
     assert asyncio.run(store.commit_many_async([replayed], {"ev:5": [899]})) == [[]]
     assert store.outbox("ev:5") == {} and store.offset("ev:5") == 899
+
+
+def test_aclose_closes_the_connections_of_the_running_loop(store, models, small_history):
+    """A stopping worker's asyncio Redis connections close with it (the server sees them go),
+    and the store opens new ones if it writes again."""
+    recs = [Record("ev", 6, i, orjson.dumps(e)) for i, e in enumerate(small_history[:200])]
+    pipe = Pipeline(load_student(models["student"]), store)
+
+    async def write_then_close(batch) -> tuple[int, int]:
+        await store.commit_many_async([pipe.process(batch)])
+        open_ = len(store.client.client_list())
+        await store.aclose()
+        await store.aclose()  # twice: a no-op
+        return open_, len(store.client.client_list())
+
+    for batch in (recs[:100], recs[100:]):
+        open_, closed = asyncio.run(write_then_close(batch))
+        assert closed == open_ - 1
+    assert store.offset("ev:6") == 199
