@@ -404,14 +404,13 @@ class RedisStore:
     def commit_many(self, results: list[BatchResult],
                     cleared: Mapping[str, Sequence[int]] | None = None) -> list[list[str] | FenceError]:
         """Apply several partitions' batches in one round trip (one atomic script each),
-        removing the outbox entries in ``cleared`` (already on Kafka) in the same trip.
+        removing the outbox entries in ``cleared`` (already on Kafka) in the same trip. With
+        no batch to apply the trip holds the clears alone (none at all without them: redis-py
+        sends an empty pipeline nowhere).
 
         Returns, per result, the newly added alert ids or the ``FenceError`` it met.
         """
         live = [r for r in results if not r.empty]
-        if not live:
-            self.clear_outbox(cleared or {})
-            return [[] for _ in results]
         with _reachable("batch write"):
             try:
                 replies = self._run(live, cleared)
@@ -431,13 +430,6 @@ class RedisStore:
         wakes it directly, with no hand-off to a thread and back (the worker's write path)."""
         live = [r for r in results if not r.empty]
         client = self._async_client()
-        if not live:
-            if cleared and any(cleared.values()):
-                with _reachable("outbox clear"):
-                    pipe = client.pipeline(transaction=False)
-                    self._queue_clears(pipe, cleared)
-                    await pipe.execute()
-            return [[] for _ in results]
         with _reachable("batch write"):
             try:
                 replies = await self._run_async(client, live, cleared)
