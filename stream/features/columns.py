@@ -64,17 +64,20 @@ def _crc(b, s, e, table):
 @nb.njit(cache=True, inline="always")
 def _event_key(b, s, e, table):
     """``stream.features.layout.event_key`` of the bytes ``b[s:e]``: ``zlib.crc32`` in the high
-    and ``zlib.adler32`` in the low 32 bits, as the int64 of the same bits (adler32's sums are
-    reduced once, at the end: they overflow an int64 only past some 10**8 bytes)."""
+    and ``zlib.adler32`` in the low 32 bits, as the int64 of the same bits. Both checksums run
+    in one pass; adler32's sums are reduced every 4 KiB, so no length overflows an int64."""
     c = 0xFFFFFFFF
     lo = 1
     hi = 0
-    for j in range(s, e):  # both checksums in one pass
-        x = b[j]
-        c = table[(c ^ x) & 0xFF] ^ (c >> 8)
-        lo += x
-        hi += lo
-    return ((c ^ 0xFFFFFFFF) << 32) | ((hi % 65521) << 16) | (lo % 65521)
+    for k in range(s, e, 4096):
+        for j in range(k, min(k + 4096, e)):
+            x = b[j]
+            c = table[(c ^ x) & 0xFF] ^ (c >> 8)
+            lo += x
+            hi += lo
+        lo %= 65521
+        hi %= 65521
+    return ((c ^ 0xFFFFFFFF) << 32) | (hi << 16) | lo
 
 
 @nb.njit(cache=True)
